@@ -1,0 +1,297 @@
+// CUDA kernels: one thread per (output point, group of channels) around the
+// per-point math of sampler_math.h.
+//
+// Threads cover the output points of one batch element along x, channel groups
+// along y and batch elements along z. Splitting channels across threads keeps
+// the GPU busy when there are few points and many channels (torch loops over
+// every channel inside one thread). grad_input is scattered with atomic adds
+// into an accumulation-type buffer; grad_theta is reduced per block, then added
+// once per block and batch element.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+#include "../kernels.h"
+
+namespace stn {
+namespace {
+
+constexpr int kMaxThreads = 256;
+// Split channels across threads until about this many threads run.
+constexpr int64_t kTargetThreads = int64_t(1) << 18;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct LaunchPlan {
+  dim3 grid, block;
+  int64_t channels_per_thread;
+};
+
+LaunchPlan plan_launch(int64_t N, int64_t C, int64_t points) {
+  const int threads =
+      static_cast<int>(std::min<int64_t>(kMaxThreads, std::max<int64_t>(32, ceil_div(points, 32) * 32)));
+  int64_t groups = std::min<int64_t>({ceil_div(kTargetThreads, N * points), C, 65535});
+  groups = std::max<int64_t>(groups, 1);
+  const int64_t per_thread = ceil_div(std::max<int64_t>(C, 1), groups);
+  groups = ceil_div(std::max<int64_t>(C, 1), per_thread);
+  const int64_t blocks = std::min<int64_t>(ceil_div(points, threads), int64_t(1) << 30);
+  return {dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(groups),
+               static_cast<unsigned>(std::min<int64_t>(N, 65535))),
+          dim3(threads), per_thread};
+}
+
+// Sum of v over the block, valid in thread 0. Every thread of the block must call it.
+template <typename T>
+__device__ T block_sum(T v) {
+  __shared__ T warp_sums[kMaxThreads / 32];
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // the previous call's reads of warp_sums are done
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < blockDim.x / 32 ? warp_sums[threadIdx.x] : T(0);
+  if (warp == 0) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+// Gradient sinks: where the gradient with respect to each point's source
+// coordinates goes.
+template <typename acc_t>
+struct GridGradSink {  // grad_grid (N, H_out, W_out, 2), contiguous
+  acc_t* data;
+  int64_t H, W;
+  bool atomic;  // several channel groups add into the same point
+  __device__ void add(int64_t n, int64_t h, int64_t w, Point2<acc_t> g) {
+    acc_t* d = data + ((n * H + h) * W + w) * 2;
+    if (atomic) {
+      atomicAdd(d, g.x);
+      atomicAdd(d + 1, g.y);
+    } else {
+      d[0] = g.x;
+      d[1] = g.y;
+    }
+  }
+  __device__ void finish(int64_t) {}
+};
+
+template <typename acc_t>
+struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous, zeroed
+  acc_t* data;
+  ThetaGrid<acc_t> src;
+  ThetaGradSum<acc_t> sum;
+  __device__ void add(int64_t, int64_t h, int64_t w, Point2<acc_t> g) {
+    sum.add(src.xt(w), src.yt(h), g);
+  }
+  __device__ void finish(int64_t n) {
+#pragma unroll
+    for (int k = 0; k < 6; ++k) {
+      const acc_t v = block_sum(sum.v[k]);
+      if (threadIdx.x == 0) atomicAdd(data + 6 * n + k, v);
+    }
+    sum = {};
+  }
+};
+
+// Loops of the kernels below: batch elements along z, points along x.
+#define STN_FOR_EACH_N(N) for (int64_t n = blockIdx.z; n < (N); n += gridDim.z)
+#define STN_FOR_EACH_POINT(P)                                                          \
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < (P); \
+       p += int64_t(gridDim.x) * blockDim.x)
+
+template <typename scalar_t, typename Source>
+__global__ void __launch_bounds__(kMaxThreads)
+sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
+                      int64_t channels_per_thread, Padding padding, bool align_corners) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t c0 = blockIdx.y * channels_per_thread;
+  const int64_t c1 = min(c0 + channels_per_thread, in.C);
+  STN_FOR_EACH_N(out.N) {
+    STN_FOR_EACH_POINT(out.H * out.W) {
+      const int64_t h = p / out.W, w = p - h * out.W;
+      const auto pt = src.template point<acc_t>(n, h, w);
+      const auto b = bilinear_point(pt.x, pt.y, in.H, in.W, padding, align_corners);
+      bilinear_forward<acc_t>(in, out, n, out.offset(h, w), b, c0, c1);
+    }
+  }
+}
+
+template <typename scalar_t, typename Source, typename Sink>
+__global__ void __launch_bounds__(kMaxThreads)
+sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
+                       Image<at::opmath_type<scalar_t>> grad_in, Source src, Sink sink,
+                       bool need_grid_grad, int64_t channels_per_thread, Padding padding,
+                       bool align_corners) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const bool need_input_grad = grad_in.data != nullptr;
+  const int64_t c0 = blockIdx.y * channels_per_thread;
+  const int64_t c1 = min(c0 + channels_per_thread, in.C);
+  auto add = [&](int64_t n, int64_t c, int64_t y, int64_t x, acc_t v) {
+    atomicAdd(grad_in.plane(n, c) + grad_in.offset(y, x), v);
+  };
+  STN_FOR_EACH_N(grad_out.N) {
+    STN_FOR_EACH_POINT(grad_out.H * grad_out.W) {
+      const int64_t h = p / grad_out.W, w = p - h * grad_out.W;
+      const auto pt = src.template point<acc_t>(n, h, w);
+      const auto b = bilinear_point(pt.x, pt.y, in.H, in.W, padding, align_corners);
+      const auto g = bilinear_backward<acc_t>(grad_out, grad_out.offset(h, w), in, n, b, c0, c1,
+                                              need_input_grad, need_grid_grad, add);
+      if (need_grid_grad) sink.add(n, h, w, g);
+    }
+    if (need_grid_grad) sink.finish(n);
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kMaxThreads)
+affine_grid_kernel(ThetaGrid<at::opmath_type<scalar_t>> src, scalar_t* grid, int64_t N) {
+  using acc_t = at::opmath_type<scalar_t>;
+  STN_FOR_EACH_N(N) {
+    STN_FOR_EACH_POINT(src.H_out * src.W_out) {
+      const int64_t h = p / src.W_out, w = p - h * src.W_out;
+      const auto pt = src.template point<acc_t>(n, h, w);
+      scalar_t* out = grid + (n * src.H_out * src.W_out + p) * 2;
+      out[0] = static_cast<scalar_t>(pt.x);
+      out[1] = static_cast<scalar_t>(pt.y);
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kMaxThreads)
+affine_grid_backward_kernel(TensorGrid<scalar_t> grad_grid,
+                            ThetaGradSink<at::opmath_type<scalar_t>> sink, int64_t N) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto& src = sink.src;
+  STN_FOR_EACH_N(N) {
+    STN_FOR_EACH_POINT(src.H_out * src.W_out) {
+      const int64_t h = p / src.W_out, w = p - h * src.W_out;
+      sink.add(n, h, w, grad_grid.template point<acc_t>(n, h, w));
+    }
+    sink.finish(n);
+  }
+}
+
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+template <typename scalar_t, typename Source>
+void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
+                    Padding padding, bool align_corners) {
+  const auto plan = plan_launch(output.size(0), output.size(1), output.size(2) * output.size(3));
+  sample_forward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+      image_of<const scalar_t>(input), image_of<scalar_t>(output), src,
+      plan.channels_per_thread, padding, align_corners);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// grad_theta needs every channel group of a point in one sum, which the
+// per-block reduction gives; grad_grid needs atomics once channels are split.
+template <typename scalar_t, typename Source, typename MakeSink>
+void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, const Source& src,
+                     const at::Tensor& grad_input, bool need_grid_grad, Padding padding,
+                     bool align_corners, MakeSink make_sink) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto plan =
+      plan_launch(grad_output.size(0), grad_output.size(1), grad_output.size(2) * grad_output.size(3));
+  const auto sink = make_sink(plan.grid.y > 1);
+  sample_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+      image_of<const scalar_t>(grad_output), image_of<const scalar_t>(input),
+      grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
+      need_grid_grad, plan.channels_per_thread, padding, align_corners);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
+                         const at::Tensor& output, Padding padding, bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::grid_sample", [&] {
+    sample_forward<scalar_t>(input, tensor_grid_of<scalar_t>(grid), output, padding,
+                             align_corners);
+  });
+}
+
+void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                          const at::Tensor& grid, const at::Tensor& grad_input,
+                          const at::Tensor& grad_grid, Padding padding, bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::grid_sample_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto make_sink = [&](bool split_channels) {
+      if (split_channels && grad_grid.defined()) {
+        C10_CUDA_CHECK(cudaMemsetAsync(grad_grid.data_ptr(), 0, grad_grid.nbytes(), current_stream()));
+      }
+      return GridGradSink<acc_t>{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
+                                 grid.size(1), grid.size(2), split_channels};
+    };
+    sample_backward<scalar_t>(grad_output, input, tensor_grid_of<scalar_t>(grid), grad_input,
+                              grad_grid.defined(), padding, align_corners, make_sink);
+  });
+}
+
+void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
+                           const at::Tensor& output, Padding padding, bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::affine_sample", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto src = theta_grid_of<acc_t>(theta, output.size(2), output.size(3), align_corners);
+    sample_forward<scalar_t>(input, src, output, padding, align_corners);
+  });
+}
+
+void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                            const at::Tensor& theta, const at::Tensor& grad_input,
+                            const at::Tensor& grad_theta, Padding padding, bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::affine_sample_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto src =
+        theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3), align_corners);
+    auto make_sink = [&](bool) {
+      return ThetaGradSink<acc_t>{
+          grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src, {}};
+    };
+    sample_backward<scalar_t>(grad_output, input, src, grad_input, grad_theta.defined(),
+                              padding, align_corners, make_sink);
+  });
+}
+
+void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grid.scalar_type(),
+                                  "stn_cuda::affine_grid", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t N = grid.size(0), H = grid.size(1), W = grid.size(2);
+    const auto plan = plan_launch(N, 1, H * W);
+    affine_grid_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+        theta_grid_of<acc_t>(theta, H, W, align_corners), grid.data_ptr<scalar_t>(), N);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_theta,
+                          bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_grid.scalar_type(),
+                                  "stn_cuda::affine_grid_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t N = grad_grid.size(0), H = grad_grid.size(1), W = grad_grid.size(2);
+    const auto plan = plan_launch(N, 1, H * W);
+    const ThetaGradSink<acc_t> sink{grad_theta.data_ptr<acc_t>(),
+                                    ThetaGrid<acc_t>{nullptr, H, W, align_corners}, {}};
+    affine_grid_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+        tensor_grid_of<scalar_t>(grad_grid), sink, N);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+const Kernels& cuda_kernels() {
+  static const Kernels k{grid_sample_forward, grid_sample_backward, affine_sample_forward,
+                         affine_sample_backward, affine_grid_forward, affine_grid_backward};
+  return k;
+}
+
+}  // namespace stn

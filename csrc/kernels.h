@@ -1,0 +1,60 @@
+// The device kernels behind each op, as a table per backend.
+//
+// ops.cpp validates the arguments and allocates every result before it calls
+// one of these, so a kernel file only loops over points and launches. Gradient
+// buffers come in the accumulation type (float for half and bfloat16), and
+// grad_input arrives zeroed; an undefined gradient tensor means "not needed".
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "sampler_math.h"
+
+namespace stn {
+
+struct Kernels {
+  void (*grid_sample_forward)(const at::Tensor& input, const at::Tensor& grid,
+                              const at::Tensor& output, Padding padding, bool align_corners);
+  void (*grid_sample_backward)(const at::Tensor& grad_output, const at::Tensor& input,
+                               const at::Tensor& grid, const at::Tensor& grad_input,
+                               const at::Tensor& grad_grid, Padding padding,
+                               bool align_corners);
+  // theta: (N, 2, 3), contiguous, in the accumulation type.
+  void (*affine_sample_forward)(const at::Tensor& input, const at::Tensor& theta,
+                                const at::Tensor& output, Padding padding, bool align_corners);
+  void (*affine_sample_backward)(const at::Tensor& grad_output, const at::Tensor& input,
+                                 const at::Tensor& theta, const at::Tensor& grad_input,
+                                 const at::Tensor& grad_theta, Padding padding,
+                                 bool align_corners);
+  void (*affine_grid_forward)(const at::Tensor& theta, const at::Tensor& grid,
+                              bool align_corners);
+  void (*affine_grid_backward)(const at::Tensor& grad_grid, const at::Tensor& grad_theta,
+                               bool align_corners);
+};
+
+const Kernels& cpu_kernels();
+#ifdef STN_WITH_CUDA
+const Kernels& cuda_kernels();
+#endif
+
+// Host-side views of tensors for the kernels in sampler_math.h.
+template <typename scalar_t>
+Image<scalar_t> image_of(const at::Tensor& t) {
+  return {static_cast<scalar_t*>(t.data_ptr()),
+          t.size(0), t.size(1), t.size(2), t.size(3),
+          t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+template <typename scalar_t>
+TensorGrid<scalar_t> tensor_grid_of(const at::Tensor& grid) {
+  return {static_cast<const scalar_t*>(grid.data_ptr()),
+          grid.stride(0), grid.stride(1), grid.stride(2), grid.stride(3)};
+}
+
+template <typename acc_t>
+ThetaGrid<acc_t> theta_grid_of(const at::Tensor& theta, int64_t H_out, int64_t W_out,
+                               bool align_corners) {
+  return {static_cast<const acc_t*>(theta.data_ptr()), H_out, W_out, align_corners};
+}
+
+}  // namespace stn

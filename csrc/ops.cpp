@@ -1,0 +1,301 @@
+// The stn_cuda operators: schemas, argument checks and result allocation.
+//
+// Each op is implemented once here and registered for CPU and (when built with
+// CUDA) for CUDA; the per-device work is in cpu/ and cuda/ behind the Kernels
+// table. Every argument is checked here, before any kernel runs, with messages
+// that name the argument; they surface in Python as ValueError or TypeError.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <limits>
+
+#include "kernels.h"
+
+namespace stn {
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------------------
+// Argument checks.
+
+void check_modes(const char* op, int64_t interpolation_mode, int64_t padding_mode) {
+  TORCH_CHECK_VALUE(0 <= interpolation_mode && interpolation_mode <= 2, op,
+                    ": interpolation_mode must be 0 (bilinear), 1 (nearest) or 2 (bicubic), got ",
+                    interpolation_mode);
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      static_cast<Interpolation>(interpolation_mode) == Interpolation::Bilinear, op,
+      ": only mode='bilinear' is implemented so far");
+  TORCH_CHECK_VALUE(0 <= padding_mode && padding_mode <= 2, op,
+                    ": padding_mode must be 0 (zeros), 1 (border) or 2 (reflection), got ",
+                    padding_mode);
+}
+
+void check_tensor(const char* op, const char* name, const Tensor& t, int64_t dim,
+                  const char* layout) {
+  TORCH_CHECK_VALUE(t.defined(), op, ": expected ", name, " to be a tensor, got None");
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, op, ": expected ", name,
+                    " to be a strided (dense) tensor, got layout ", t.layout());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": expected ", name,
+                   " to have a floating point dtype (float16, bfloat16, float32 or float64), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": expected ", name, " to be ", dim, "-D ", layout,
+                    ", got shape ", t.sizes());
+}
+
+void check_same(const char* op, const char* name, const Tensor& t, const char* other_name,
+                const Tensor& other) {
+  TORCH_CHECK_VALUE(t.device() == other.device(), op, ": expected ", name, " and ",
+                    other_name, " on the same device, got ", name, " on ", t.device(),
+                    " and ", other_name, " on ", other.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == other.scalar_type(), op, ": expected ", name, " and ",
+                   other_name, " to have the same dtype, got ", t.scalar_type(), " and ",
+                   other.scalar_type());
+}
+
+void check_input(const char* op, const Tensor& input) {
+  check_tensor(op, "input", input, 4, "(N, C, H_in, W_in)");
+  TORCH_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0, op,
+                    ": expected input to have non-empty spatial dimensions, got shape ",
+                    input.sizes());
+}
+
+void check_grid(const char* op, const Tensor& input, const Tensor& grid) {
+  check_input(op, input);
+  check_tensor(op, "grid", grid, 4, "(N, H_out, W_out, 2)");
+  TORCH_CHECK_VALUE(grid.size(3) == 2, op,
+                    ": expected grid to have size 2 in its last dimension (x, y), got shape ",
+                    grid.sizes());
+  TORCH_CHECK_VALUE(grid.size(0) == input.size(0), op,
+                    ": expected input and grid to have the same batch size, got input shape ",
+                    input.sizes(), " and grid shape ", grid.sizes());
+  check_same(op, "grid", grid, "input", input);
+}
+
+void check_theta(const char* op, const Tensor& theta, int64_t N) {
+  check_tensor(op, "theta", theta, 3, "(N, 2, 3)");
+  TORCH_CHECK_VALUE(theta.size(1) == 2 && theta.size(2) == 3, op,
+                    ": expected theta of shape (N, 2, 3), got ", theta.sizes());
+  TORCH_CHECK_VALUE(theta.size(0) == N, op, ": expected theta to have batch size ", N,
+                    ", got theta shape ", theta.sizes());
+}
+
+void check_out_size(const char* op, int64_t height, int64_t width) {
+  TORCH_CHECK_VALUE(height > 0 && width > 0, op,
+                    ": expected a positive output size (H_out, W_out), got (", height, ", ",
+                    width, ")");
+}
+
+void check_grad_output(const char* op, const Tensor& grad_output, const Tensor& input,
+                       int64_t H_out, int64_t W_out) {
+  check_tensor(op, "grad_output", grad_output, 4, "(N, C, H_out, W_out)");
+  const std::vector<int64_t> expected{input.size(0), input.size(1), H_out, W_out};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), op,
+                    ": expected grad_output of shape ", at::IntArrayRef(expected), ", got ",
+                    grad_output.sizes());
+  check_same(op, "grad_output", grad_output, "input", input);
+}
+
+// ---------------------------------------------------------------------------
+// Allocation.
+
+// With STN_CUDA_POISON=1 in the environment, results that a kernel must write
+// in full start as NaN, so a point the kernel skips shows up in the tests.
+bool poison_outputs() {
+  static const bool poison = [] {
+    const char* v = std::getenv("STN_CUDA_POISON");
+    return v != nullptr && v[0] != '\0' && v[0] != '0';
+  }();
+  return poison;
+}
+
+Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  Tensor t = at::empty(sizes, options);
+  if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
+}
+
+at::ScalarType acc_type(const Tensor& t) { return at::toOpMathType(t.scalar_type()); }
+
+// A zeroed gradient buffer shaped like `like`, in the accumulation type.
+Tensor zeros_acc(const Tensor& like) {
+  return at::zeros(like.sizes(), like.options().dtype(acc_type(like)).memory_format(
+                                      like.suggest_memory_format()));
+}
+
+Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
+  return t.defined() ? t.to(dtype) : t;
+}
+
+const Kernels& kernels_for(const Tensor& t) {
+#ifdef STN_WITH_CUDA
+  if (t.is_cuda()) return cuda_kernels();
+#endif
+  return cpu_kernels();
+}
+
+// ---------------------------------------------------------------------------
+// grid_sample: the sampler, given the grid of source points.
+
+Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolation_mode,
+                   int64_t padding_mode, bool align_corners) {
+  const char* op = "stn_cuda.grid_sample";
+  check_grid(op, input, grid);
+  check_modes(op, interpolation_mode, padding_mode);
+  Tensor output =
+      empty_output({input.size(0), input.size(1), grid.size(1), grid.size(2)}, input.options());
+  if (output.numel() == 0) return output;
+  c10::DeviceGuard guard(input.device());
+  kernels_for(input).grid_sample_forward(input, grid, output,
+                                         static_cast<Padding>(padding_mode), align_corners);
+  return output;
+}
+
+std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const Tensor& input,
+                                                const Tensor& grid, int64_t interpolation_mode,
+                                                int64_t padding_mode, bool align_corners,
+                                                std::array<bool, 2> output_mask) {
+  const char* op = "stn_cuda.grid_sample_backward";
+  check_grid(op, input, grid);
+  check_modes(op, interpolation_mode, padding_mode);
+  check_grad_output(op, grad_output, input, grid.size(1), grid.size(2));
+  Tensor grad_input = output_mask[0] ? zeros_acc(input) : Tensor();
+  Tensor grad_grid =
+      output_mask[1] ? empty_output(grid.sizes(), grid.options().dtype(acc_type(grid))) : Tensor();
+  if (grad_output.numel() > 0) {
+    c10::DeviceGuard guard(input.device());
+    kernels_for(input).grid_sample_backward(grad_output, input, grid, grad_input, grad_grid,
+                                            static_cast<Padding>(padding_mode), align_corners);
+  } else if (grad_grid.defined()) {
+    grad_grid.zero_();  // no channels or no points: nothing depends on the grid
+  }
+  return {to_dtype(grad_input, input.scalar_type()), to_dtype(grad_grid, grid.scalar_type())};
+}
+
+// ---------------------------------------------------------------------------
+// affine_grid: the grid generator, theta -> grid.
+
+Tensor affine_grid(const Tensor& theta, int64_t height, int64_t width, bool align_corners) {
+  const char* op = "stn_cuda.affine_grid";
+  check_theta(op, theta, theta.defined() && theta.dim() > 0 ? theta.size(0) : 0);
+  check_out_size(op, height, width);
+  Tensor grid = empty_output({theta.size(0), height, width, 2}, theta.options());
+  if (grid.numel() == 0) return grid;
+  c10::DeviceGuard guard(theta.device());
+  kernels_for(theta).affine_grid_forward(theta.to(acc_type(theta)).contiguous(), grid,
+                                         align_corners);
+  return grid;
+}
+
+Tensor affine_grid_backward(const Tensor& grad_grid, bool align_corners) {
+  const char* op = "stn_cuda.affine_grid_backward";
+  check_tensor(op, "grad_grid", grad_grid, 4, "(N, H_out, W_out, 2)");
+  TORCH_CHECK_VALUE(grad_grid.size(3) == 2, op, ": expected grad_grid of shape (N, H, W, 2), got ",
+                    grad_grid.sizes());
+  Tensor grad_theta =
+      at::zeros({grad_grid.size(0), 2, 3}, grad_grid.options().dtype(acc_type(grad_grid)));
+  if (grad_grid.numel() > 0) {
+    c10::DeviceGuard guard(grad_grid.device());
+    kernels_for(grad_grid).affine_grid_backward(grad_grid, grad_theta, align_corners);
+  }
+  return to_dtype(grad_theta, grad_grid.scalar_type());
+}
+
+// ---------------------------------------------------------------------------
+// affine_sample: grid generator and sampler fused; the grid is never stored.
+
+Tensor affine_sample(const Tensor& input, const Tensor& theta, int64_t height, int64_t width,
+                     int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
+  const char* op = "stn_cuda.affine_sample";
+  check_input(op, input);
+  check_theta(op, theta, input.size(0));
+  check_same(op, "theta", theta, "input", input);
+  check_modes(op, interpolation_mode, padding_mode);
+  check_out_size(op, height, width);
+  Tensor output = empty_output({input.size(0), input.size(1), height, width}, input.options());
+  if (output.numel() == 0) return output;
+  c10::DeviceGuard guard(input.device());
+  kernels_for(input).affine_sample_forward(input, theta.to(acc_type(theta)).contiguous(), output,
+                                           static_cast<Padding>(padding_mode), align_corners);
+  return output;
+}
+
+std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, const Tensor& input,
+                                                  const Tensor& theta, int64_t interpolation_mode,
+                                                  int64_t padding_mode, bool align_corners,
+                                                  std::array<bool, 2> output_mask) {
+  const char* op = "stn_cuda.affine_sample_backward";
+  check_input(op, input);
+  check_theta(op, theta, input.size(0));
+  check_same(op, "theta", theta, "input", input);
+  check_modes(op, interpolation_mode, padding_mode);
+  TORCH_CHECK_VALUE(grad_output.defined() && grad_output.dim() == 4, op,
+                    ": expected grad_output to be 4-D (N, C, H_out, W_out)");
+  check_grad_output(op, grad_output, input, grad_output.size(2), grad_output.size(3));
+  Tensor grad_input = output_mask[0] ? zeros_acc(input) : Tensor();
+  Tensor grad_theta = output_mask[1] ? zeros_acc(theta) : Tensor();
+  if (grad_output.numel() > 0) {
+    c10::DeviceGuard guard(input.device());
+    kernels_for(input).affine_sample_backward(
+        grad_output, input, theta.to(acc_type(theta)).contiguous(), grad_input, grad_theta,
+        static_cast<Padding>(padding_mode), align_corners);
+  }
+  return {to_dtype(grad_input, input.scalar_type()), to_dtype(grad_theta, theta.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(stn_cuda, m) {
+  m.def("grid_sample(Tensor input, Tensor grid, int interpolation_mode, int padding_mode, "
+        "bool align_corners) -> Tensor");
+  m.def("grid_sample_backward(Tensor grad_output, Tensor input, Tensor grid, "
+        "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask) "
+        "-> (Tensor, Tensor)");
+  m.def("affine_grid(Tensor theta, int height, int width, bool align_corners) -> Tensor");
+  m.def("affine_grid_backward(Tensor grad_grid, bool align_corners) -> Tensor");
+  m.def("affine_sample(Tensor input, Tensor theta, int height, int width, "
+        "int interpolation_mode, int padding_mode, bool align_corners) -> Tensor");
+  m.def("affine_sample_backward(Tensor grad_output, Tensor input, Tensor theta, "
+        "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask) "
+        "-> (Tensor, Tensor)");
+}
+
+// The same implementations serve both backends; kernels_for() picks the kernels.
+#define STN_REGISTER_IMPLS(m)                                    \
+  m.impl("grid_sample", &grid_sample);                           \
+  m.impl("grid_sample_backward", &grid_sample_backward);         \
+  m.impl("affine_grid", &affine_grid);                           \
+  m.impl("affine_grid_backward", &affine_grid_backward);         \
+  m.impl("affine_sample", &affine_sample);                       \
+  m.impl("affine_sample_backward", &affine_sample_backward)
+
+TORCH_LIBRARY_IMPL(stn_cuda, CPU, m) { STN_REGISTER_IMPLS(m); }
+#ifdef STN_WITH_CUDA
+TORCH_LIBRARY_IMPL(stn_cuda, CUDA, m) { STN_REGISTER_IMPLS(m); }
+#endif
+
+}  // namespace stn
+
+// A plain Python module: importing stn_cuda._C loads the library, whose static
+// initialisers register the ops above. It also says whether CUDA kernels are in.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C",
+                               "stn_cuda's compiled operators (torch.ops.stn_cuda)", -1, nullptr};
+  PyObject* m = PyModule_Create(&module);
+  if (m == nullptr) return nullptr;
+#ifdef STN_WITH_CUDA
+  const long built_with_cuda = 1;
+#else
+  const long built_with_cuda = 0;
+#endif
+  if (PyModule_AddIntConstant(m, "built_with_cuda", built_with_cuda) != 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
+}

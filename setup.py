@@ -1,0 +1,66 @@
+"""Build stn_cuda's C++/CUDA extension.
+
+The CUDA kernels are built when a CUDA build of torch and nvcc are both present,
+else a CPU-only extension (with a message saying so). Environment:
+  FORCE_CUDA=1            a missing CUDA toolchain is an error, not a CPU-only build
+  TORCH_CUDA_ARCH_LIST    GPU architectures to compile for; without it, the visible
+                          GPUs' architectures, or DEFAULT_ARCHS when none is visible
+  STN_CUDA_DEBUG=1        -O0 -g, for debuggers and sanitizers
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+import torch
+from torch.utils import cpp_extension
+
+DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
+FORCE_CUDA = os.environ.get("FORCE_CUDA", "0") == "1"
+DEBUG = os.environ.get("STN_CUDA_DEBUG", "0") == "1"
+
+
+def want_cuda():
+    missing = []
+    if torch.version.cuda is None:
+        missing.append(f"torch {torch.__version__} is a CPU-only build")
+    if cpp_extension.CUDA_HOME is None:
+        missing.append("nvcc was not found (set CUDA_HOME)")
+    if not missing:
+        return True
+    message = "stn_cuda: building WITHOUT CUDA kernels: " + "; ".join(missing)
+    if FORCE_CUDA:
+        raise RuntimeError(message + " (FORCE_CUDA=1)")
+    print(message)
+    return False
+
+
+def extension():
+    cuda = want_cuda()
+    opt = ["-O0", "-g"] if DEBUG else ["-O3"]
+    sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
+    cxx = list(opt)
+    if not cuda:
+        return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx})
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    print(f"stn_cuda: building CUDA kernels for {os.environ.get('TORCH_CUDA_ARCH_LIST', 'the visible GPUs')}")
+    nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+    return cpp_extension.CUDAExtension(
+        "stn_cuda._C",
+        sources + glob.glob("csrc/cuda/*.cu"),
+        define_macros=[("STN_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+    )
+
+
+setup(
+    name="stn_cuda",
+    version="0.1.0",
+    description="Fast, exact spatial transformer sampling for PyTorch: grid_sample, affine_grid "
+    "and a fused affine sampler in CUDA and C++",
+    packages=find_packages(include=["stn_cuda", "stn_cuda.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    python_requires=">=3.9",
+    install_requires=["torch"],
+)

@@ -1,0 +1,19 @@
+"""stn_cuda: a fast, exact spatial transformer sampler for PyTorch.
+
+A spatial transformer (Jaderberg et al., 2015) is a localisation net that
+predicts an affine theta, a grid generator (affine_grid) and a sampler
+(grid_sample). stn_cuda provides the last two as CUDA and C++ kernels with the
+semantics of torch.nn.functional, a fused affine_sample that never materialises
+the grid, and the SpatialTransformer module.
+"""
+from . import _C
+from .functional import affine_grid, affine_sample, grid_sample
+from .modules import SpatialTransformer
+
+__version__ = "0.1.0"
+__all__ = ["grid_sample", "affine_grid", "affine_sample", "SpatialTransformer", "built_with_cuda"]
+
+
+def built_with_cuda() -> bool:
+    """Whether this build of stn_cuda contains its CUDA kernels."""
+    return bool(_C.built_with_cuda)

@@ -1,0 +1,86 @@
+"""The spatial transformer as an nn.Module: localisation net -> theta -> grid
+generator + sampler (fused, stn_cuda.affine_sample)."""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .functional import affine_sample
+
+__all__ = ["SpatialTransformer", "identity_head"]
+
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def identity_head(in_features: int) -> nn.Linear:
+    """The last layer of a localisation net: a Linear to the 6 affine parameters,
+    starting at the identity transform (zero weight, bias [1, 0, 0, 0, 1, 0])."""
+    head = nn.Linear(in_features, 6)
+    nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor(_IDENTITY))
+    return head
+
+
+def default_localization(in_channels: int, width: int = 32) -> nn.Sequential:
+    """Small conv layers and a fully connected head; works for any input size."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width // 2, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(width // 2, width, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(width * 16, width), nn.ReLU(inplace=True),
+        identity_head(width),
+    )
+
+
+class SpatialTransformer(nn.Module):
+    """A spatial transformer (Jaderberg et al., 2015).
+
+    Args:
+        in_channels: channels C of the input U (N, C, H, W).
+        out_size: (H_out, W_out) of the output V; defaults to the input's size.
+        localization: a module mapping U to theta, shaped (N, 6) or (N, 2, 3). By
+            default, small conv layers with a fully connected head that starts at
+            the identity transform, so that at initialisation V == U.
+        padding_mode, align_corners: as in torch.nn.functional.grid_sample.
+
+    forward(U, return_theta=False) returns V, or (V, theta) with theta (N, 2, 3).
+    """
+
+    def __init__(self, in_channels: int, out_size: Optional[Sequence[int]] = None,
+                 localization: Optional[nn.Module] = None, padding_mode: str = "zeros",
+                 align_corners: bool = False):
+        super().__init__()
+        if int(in_channels) <= 0:
+            raise ValueError(f"SpatialTransformer: expected in_channels > 0, got {in_channels}")
+        if out_size is not None:
+            out_size = tuple(int(s) for s in out_size)
+            if len(out_size) != 2 or min(out_size) <= 0:
+                raise ValueError(f"SpatialTransformer: expected out_size (H_out, W_out) > 0, got {out_size}")
+        self.in_channels = int(in_channels)
+        self.out_size = out_size
+        self.padding_mode = padding_mode
+        self.align_corners = align_corners
+        self.localization = localization if localization is not None else default_localization(in_channels)
+
+    def theta(self, x: torch.Tensor) -> torch.Tensor:
+        """The affine transform (N, 2, 3) that the localisation net predicts for x."""
+        theta = self.localization(x)
+        if theta.numel() != x.shape[0] * 6:
+            raise ValueError(
+                f"SpatialTransformer: the localisation net must output 6 values per sample, got shape {tuple(theta.shape)}")
+        return theta.reshape(x.shape[0], 2, 3)
+
+    def forward(self, x: torch.Tensor, return_theta: bool = False
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SpatialTransformer: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        theta = self.theta(x)
+        out = affine_sample(x, theta.to(x.dtype), self.out_size, padding_mode=self.padding_mode,
+                            align_corners=self.align_corners)
+        return (out, theta) if return_theta else out
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, out_size={self.out_size}, "
+                f"padding_mode={self.padding_mode!r}, align_corners={self.align_corners}")
