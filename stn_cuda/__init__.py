@@ -6,6 +6,8 @@ predicts an affine theta, a grid generator (affine_grid) and a sampler
 semantics of torch.nn.functional, a fused affine_sample that never materialises
 the grid, and the SpatialTransformer module.
 """
+import torch  # noqa: F401  (loads libtorch, which the extension links against)
+
 from . import _C
 from .functional import affine_grid, affine_sample, grid_sample
 from .modules import SpatialTransformer

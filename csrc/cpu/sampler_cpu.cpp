@@ -49,13 +49,16 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
   using acc_t = at::opmath_type<scalar_t>;
   const auto in = image_of<const scalar_t>(input);
   const auto out = image_of<scalar_t>(output);
-  const int64_t HW = out.H * out.W;
-  at::parallel_for(0, out.N * HW, grain_for(in.C), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t n = i / HW, h = (i % HW) / out.W, w = i % out.W;
-      const auto pt = src.template point<acc_t>(n, h, w);
-      const auto b = bilinear_point(pt.x, pt.y, in.H, in.W, padding, align_corners);
-      bilinear_forward<acc_t>(in, out, n, out.offset(h, w), b, 0, in.C);
+  // Tasks are whole output rows: no per-point index arithmetic.
+  const int64_t grain = std::max<int64_t>(1, grain_for(in.C) / std::max<int64_t>(1, out.W));
+  at::parallel_for(0, out.N * out.H, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / out.H, h = row % out.H;
+      for (int64_t w = 0; w < out.W; ++w) {
+        const auto pt = src.template point<acc_t>(n, h, w);
+        const auto b = bilinear_point(pt.x, pt.y, in.H, in.W, padding, align_corners);
+        bilinear_forward<acc_t>(in, out, n, out.offset(h, w), b, 0, in.C);
+      }
     }
   });
 }

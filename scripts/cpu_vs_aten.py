@@ -1,0 +1,61 @@
+"""CPU cost of stn_cuda.grid_sample against ATen's CPU grid_sample, side by side in one
+process (issue 2's acceptance check): median time of forward and forward+backward.
+
+    python scripts/cpu_vs_aten.py [--reps 15] [--threads N]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import stn_cuda
+
+SHAPES = [(256, 1, 28, 28), (16, 32, 64, 64), (4, 3, 256, 256)]
+
+
+def median_time(fn, reps):
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'shape':>20} {'direction':>9} {'aten ms':>9} {'stn ms':>9} {'stn/aten':>9}")
+    worst = 0.0
+    for shape in SHAPES:
+        n, c, h, w = shape
+        theta = torch.tensor([[0.9, 0.1, 0.05], [-0.1, 0.9, 0.0]]).repeat(n, 1, 1) + 0.05 * torch.randn(n, 2, 3)
+        grid = F.affine_grid(theta, shape, align_corners=False)
+        x = torch.randn(shape)
+        xg, gg = x.clone().requires_grad_(), grid.clone().requires_grad_()
+        impls = {"aten": lambda a, b: F.grid_sample(a, b, align_corners=False), "stn": stn_cuda.grid_sample}
+        for direction in ("forward", "fwd+bwd"):
+            times = {}
+            for name, fn in impls.items():
+                if direction == "forward":
+                    run = lambda fn=fn: fn(x, grid)
+                else:
+                    run = lambda fn=fn: torch.autograd.grad(fn(xg, gg).sum(), (xg, gg))
+                times[name] = median_time(run, args.reps)
+            ratio = times["stn"] / times["aten"]
+            worst = max(worst, ratio)
+            print(f"{str(shape):>20} {direction:>9} {times['aten'] * 1e3:9.3f} {times['stn'] * 1e3:9.3f} {ratio:9.2f}")
+    print(f"worst stn/aten ratio: {worst:.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

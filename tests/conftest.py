@@ -1,0 +1,38 @@
+import os
+
+# Results that a kernel must write in full start as NaN (see csrc/ops.cpp), so a
+# point that a kernel skips fails the comparisons below. Set before stn_cuda loads.
+os.environ.setdefault("STN_CUDA_POISON", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import stn_cuda  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available() and stn_cuda.built_with_cuda()
+NO_CUDA_REASON = ("no CUDA device visible" if not torch.cuda.is_available()
+                  else "stn_cuda was built without its CUDA kernels")
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA_REASON))]
+PADDING_MODES = ["zeros", "border", "reflection"]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(params=PADDING_MODES)
+def padding_mode(request):
+    return request.param
+
+
+@pytest.fixture(params=[False, True], ids=["edges", "corners"])
+def align_corners(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    # A fresh, reproducible seed per test: inputs differ between tests.
+    torch.manual_seed(hash(request.node.nodeid) % (2**31))

@@ -1,0 +1,252 @@
+"""stn_cuda.grid_sample against torch.nn.functional.grid_sample."""
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import stn_cuda
+from helpers import check_against, grads, leaf
+
+# (N, C, H_in, W_in, H_out, W_out): odd, prime and 1-sized dimensions.
+SHAPES = [(2, 3, 7, 5, 4, 6), (1, 1, 1, 1, 3, 3), (3, 2, 13, 1, 5, 7), (1, 4, 1, 17, 2, 11),
+          (2, 5, 11, 13, 1, 1), (1, 1, 31, 37, 29, 23)]
+
+
+def ours(padding_mode, align_corners):
+    return functools.partial(stn_cuda.grid_sample, padding_mode=padding_mode, align_corners=align_corners)
+
+
+def theirs(padding_mode, align_corners):
+    return functools.partial(F.grid_sample, mode="bilinear", padding_mode=padding_mode,
+                             align_corners=align_corners)
+
+
+def make(shape, device, dtype=torch.float64, spread=1.5):
+    n, c, h, w, ho, wo = shape
+    input = torch.randn(n, c, h, w, dtype=dtype, device=device, requires_grad=True)
+    grid = ((torch.rand(n, ho, wo, 2, dtype=dtype, device=device) * 2 - 1) * spread).requires_grad_()
+    return input, grid
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_matches_torch(shape, device, padding_mode, align_corners):
+    input, grid = make(shape, device)
+    check_against(ours(padding_mode, align_corners), theirs(padding_mode, align_corners), (input, grid))
+
+
+def test_far_out_of_range(device, padding_mode, align_corners):
+    # Several reflections deep, and points on no side of the image.
+    input, grid = make((2, 3, 6, 9, 8, 8), device, spread=7.0)
+    check_against(ours(padding_mode, align_corners), theirs(padding_mode, align_corners), (input, grid))
+
+
+def test_special_coordinates(device, padding_mode, align_corners):
+    """Exact +-1, 0, pixel centres and pixel edges, where the bilinear neighbours switch."""
+    h, w = 5, 8
+    xs = torch.cat([torch.tensor([-1.0, 1.0, 0.0]),
+                    (torch.arange(w) * 2 + 1) / w - 1, torch.arange(w + 1) * 2 / w - 1,
+                    torch.linspace(-1, 1, w)]).double()
+    ys = torch.cat([torch.tensor([-1.0, 1.0, 0.0]), torch.linspace(-1, 1, h), (torch.arange(h) * 2 + 1) / h - 1]).double()
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None].to(device)
+    input = torch.randn(1, 2, h, w, dtype=torch.float64, device=device)
+    # Gradients with respect to the grid are discontinuous exactly at these points;
+    # ATen and stn_cuda take the same (floor) side, so they must agree there too.
+    check_against(ours(padding_mode, align_corners), theirs(padding_mode, align_corners),
+                  (input.requires_grad_(), grid.requires_grad_()))
+
+
+@pytest.mark.parametrize("value", [1e6, -1e6, 1e10, -1e30, 3e38], ids=str)
+def test_huge_coordinates(device, padding_mode, align_corners, value):
+    if padding_mode == "reflection" and abs(value) > 1e9:
+        # ATen converts the reflection count to int (undefined behaviour beyond 2**31): no reference.
+        pytest.skip("torch has no defined result for reflection this far out")
+    input, grid = make((2, 2, 5, 6, 3, 4), device)
+    grid = grid.detach().clone()
+    grid[0, 1, 2, 0] = value
+    grid[1, 0, 0, 1] = value
+    check_against(ours(padding_mode, align_corners), theirs(padding_mode, align_corners),
+                  (input, grid.requires_grad_()))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_points_contribute_nothing(device, padding_mode, align_corners, bad):
+    """A point with a non-finite coordinate samples 0 and passes no gradient; every other
+    point is exactly torch's."""
+    input, grid = make((2, 3, 6, 7, 5, 4), device)
+    grid = grid.detach().clone()
+    bad_points = torch.zeros(2, 5, 4, dtype=torch.bool, device=device)
+    bad_points[0, 1, 2] = bad_points[1, 4, 3] = bad_points[1, 0, 0] = True
+    grid[0, 1, 2, 0] = bad              # x only
+    grid[1, 4, 3, 1] = bad              # y only
+    grid[1, 0, 0, :] = bad              # both
+    finite_grid = torch.where(bad_points[..., None], torch.zeros_like(grid), grid)
+
+    input, grid = leaf(input), leaf(grid)
+    out = stn_cuda.grid_sample(input, grid, padding_mode=padding_mode, align_corners=align_corners)
+    ref_input, ref_grid = leaf(input), leaf(finite_grid)
+    ref = F.grid_sample(ref_input, ref_grid, padding_mode=padding_mode, align_corners=align_corners)
+    keep = (~bad_points)[:, None].to(ref.dtype)
+    torch.testing.assert_close(out, ref * keep)
+
+    grad_output = torch.randn_like(ref)
+    gi, gg = grads(out, (input, grid), grad_output)
+    rgi, rgg = grads(ref, (ref_input, ref_grid), grad_output * keep)
+    assert torch.isfinite(gi).all(), "a non-finite point leaked into grad_input"
+    torch.testing.assert_close(gi, rgi)
+    torch.testing.assert_close(gg, torch.where(bad_points[..., None], torch.zeros_like(rgg), rgg))
+
+
+def test_all_non_finite(device):
+    input = torch.randn(1, 2, 4, 4, dtype=torch.float64, device=device, requires_grad=True)
+    grid = torch.full((1, 3, 3, 2), math.nan, dtype=torch.float64, device=device, requires_grad=True)
+    out = stn_cuda.grid_sample(input, grid, padding_mode="border")
+    assert (out == 0).all()
+    gi, gg = grads(out, (input, grid), torch.ones_like(out))
+    assert (gi == 0).all() and (gg == 0).all()
+
+
+def strided_variants(input, grid):
+    """The same values in other memory layouts."""
+    yield "channels_last", input.contiguous(memory_format=torch.channels_last), grid
+    yield "transposed", input.transpose(2, 3).contiguous().transpose(2, 3), grid.transpose(1, 2).contiguous().transpose(1, 2)
+    big = torch.randn(input.shape[0] * 2, input.shape[1] + 3, input.shape[2] * 2, input.shape[3] + 1,
+                      dtype=input.dtype, device=input.device)
+    sliced = big[::2, 1:1 + input.shape[1], ::2, 1:]
+    sliced.copy_(input)
+    grid_big = torch.randn(grid.shape[0], grid.shape[1], grid.shape[2], 5, dtype=grid.dtype, device=grid.device)
+    grid_sliced = grid_big[..., 1:4:2]
+    grid_sliced.copy_(grid)
+    yield "sliced", sliced, grid_sliced
+    yield "expanded batch", input[:1].expand_as(input), grid
+
+
+def test_memory_layouts(device, padding_mode, align_corners):
+    input, grid = make((3, 4, 9, 10, 6, 5), device)
+    for name, x, g in strided_variants(input.detach(), grid.detach()):
+        check_against(ours(padding_mode, align_corners), theirs(padding_mode, align_corners),
+                      (x.requires_grad_(), g.requires_grad_()))
+        check_against(ours(padding_mode, align_corners), theirs(padding_mode, align_corners),
+                      (x.detach(), g.detach()))
+
+
+def test_non_contiguous_grad_output(device):
+    input, grid = make((2, 3, 5, 6, 4, 4), device)
+    out = stn_cuda.grid_sample(input, grid)
+    ref_in, ref_grid = leaf(input), leaf(grid)
+    ref = F.grid_sample(ref_in, ref_grid, align_corners=False)
+    go = torch.randn(4, 4, 3, 2, dtype=out.dtype, device=device).permute(3, 2, 0, 1)  # strided
+    for a, b in zip(grads(out, (input, grid), go), grads(ref, (ref_in, ref_grid), go)):
+        torch.testing.assert_close(a, b)
+    # sum().backward() hands the kernel an expanded (stride-0) grad_output
+    stn_cuda.grid_sample(input, grid).sum().backward()
+    F.grid_sample(ref_in, ref_grid, align_corners=False).sum().backward()
+    torch.testing.assert_close(input.grad, ref_in.grad)
+    torch.testing.assert_close(grid.grad, ref_grid.grad)
+
+
+@pytest.mark.parametrize("needs", ["input", "grid"])
+def test_one_gradient(device, needs):
+    input, grid = make((2, 3, 5, 6, 4, 4), device)
+    input.requires_grad_(needs == "input")
+    grid.requires_grad_(needs == "grid")
+    check_against(ours("border", True), theirs("border", True), (input, grid))
+
+
+def test_gradcheck(device, padding_mode, align_corners):
+    input, grid = make((2, 2, 4, 5, 3, 3), device, spread=1.2)
+    # keep points off the pixel lattice, where the function is not differentiable
+    assert torch.autograd.gradcheck(ours(padding_mode, align_corners), (input, grid))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_reduced_precision(device, dtype, padding_mode):
+    """Half precision against torch in float32 on the same (rounded) inputs; stn_cuda
+    accumulates in float32, so its error is that of the final rounding alone."""
+    input, grid = make((2, 8, 16, 16, 12, 12), device, dtype=dtype)
+    x, g = leaf(input), leaf(grid)
+    out = stn_cuda.grid_sample(x, g, padding_mode=padding_mode)
+    x32, g32 = leaf(input.float()), leaf(grid.float())
+    ref = F.grid_sample(x32, g32, padding_mode=padding_mode, align_corners=False)
+    assert out.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(out.float(), ref, atol=4 * eps, rtol=4 * eps)
+    go = torch.randn_like(ref).to(dtype)
+    gi, gg = grads(out, (x, g), go)
+    rgi, rgg = grads(ref, (x32, g32), go.float())
+    assert gi.dtype == dtype and gg.dtype == dtype
+    torch.testing.assert_close(gi.float(), rgi, atol=8 * eps, rtol=8 * eps)
+    scale = rgg.abs().max().item()
+    torch.testing.assert_close(gg.float(), rgg, atol=16 * eps * scale, rtol=16 * eps)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4, 2, 2), (2, 0, 4, 4, 2, 2), (2, 3, 4, 4, 0, 2)], ids=["N=0", "C=0", "H_out=0"])
+def test_empty(device, shape):
+    input, grid = make(shape, device)
+    check_against(ours("zeros", False), theirs("zeros", False), (input, grid))
+
+
+def test_backward_is_deterministic_on_cpu():
+    input, grid = make((2, 4, 9, 9, 32, 32), "cpu", dtype=torch.float32, spread=0.2)  # heavy overlap
+    first = grads(stn_cuda.grid_sample(input, grid), (input, grid), torch.ones(2, 4, 32, 32))
+    for _ in range(3):
+        again = grads(stn_cuda.grid_sample(input, grid), (input, grid), torch.ones(2, 4, 32, 32))
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_default_arguments_match_torch(device):
+    input, grid = make((1, 2, 5, 5, 3, 3), device)
+    torch.testing.assert_close(stn_cuda.grid_sample(input, grid),
+                               F.grid_sample(input, grid, align_corners=False))
+    torch.testing.assert_close(stn_cuda.grid_sample(input, grid, align_corners=None),
+                               F.grid_sample(input, grid, align_corners=False))
+
+
+def test_opcheck(device):
+    input, grid = make((2, 3, 5, 6, 4, 4), device)
+    torch.library.opcheck(torch.ops.stn_cuda.grid_sample.default, (input, grid, 0, 2, True))
+    go = torch.randn(2, 3, 4, 4, dtype=input.dtype, device=device)
+    torch.library.opcheck(torch.ops.stn_cuda.grid_sample_backward.default,
+                          (go, input.detach(), grid.detach(), 0, 1, False, [True, True]))
+
+
+# -- bad input gets a clear exception that names the argument --------------------------
+
+def _x(*shape, dtype=torch.float32, device="cpu"):
+    return torch.randn(*shape, dtype=dtype, device=device)
+
+
+BAD_CALLS = [
+    ("input 3-D", lambda: stn_cuda.grid_sample(_x(3, 4, 4), _x(1, 2, 2, 2)), ValueError, "input"),
+    ("grid 3-D", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2)), ValueError, "grid"),
+    ("grid last dim", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 3)), ValueError, "last dimension"),
+    ("batch sizes", lambda: stn_cuda.grid_sample(_x(2, 3, 4, 4), _x(1, 2, 2, 2)), ValueError, "batch size"),
+    ("dtypes differ", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2, dtype=torch.float64)), TypeError, "dtype"),
+    ("integer input", lambda: stn_cuda.grid_sample(torch.ones(1, 3, 4, 4, dtype=torch.int32), _x(1, 2, 2, 2)), TypeError, "input"),
+    ("integer grid", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), torch.ones(1, 2, 2, 2, dtype=torch.int64)), TypeError, "grid"),
+    ("unknown mode", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), mode="linear"), ValueError, "mode"),
+    ("unknown padding", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), padding_mode="wrap"), ValueError, "padding_mode"),
+    ("empty spatial input", lambda: stn_cuda.grid_sample(_x(1, 3, 0, 4), _x(1, 2, 2, 2)), ValueError, "spatial"),
+    ("not a tensor", lambda: stn_cuda.grid_sample([[1.0]], _x(1, 2, 2, 2)), TypeError, "input"),
+    ("nearest not yet", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), mode="nearest"), NotImplementedError, "nearest"),
+    ("raw op bad padding", lambda: torch.ops.stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), 0, 7, False), ValueError, "padding_mode"),
+]
+
+
+@pytest.mark.parametrize("call,error,words", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_input(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
+
+
+def test_bad_grad_output_shape():
+    input, grid = _x(1, 3, 4, 4), _x(1, 2, 2, 2)
+    with pytest.raises(ValueError, match="grad_output"):
+        torch.ops.stn_cuda.grid_sample_backward(_x(1, 3, 3, 2), input, grid, 0, 0, False, [True, True])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not stn_cuda.built_with_cuda(), reason="needs a CUDA device")
+def test_devices_differ():
+    with pytest.raises(ValueError, match="same device"):
+        stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2, device="cuda"))
