@@ -38,7 +38,9 @@ def extension():
     cuda = want_cuda()
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
-    cxx = list(opt)
+    # Nothing relies on floating-point traps; without them the compiler may
+    # vectorise the CPU kernels' branch-free loops over points (cpu/).
+    cxx = opt + ["-fno-trapping-math"]
     if not cuda:
         return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx})
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

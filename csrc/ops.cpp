@@ -124,9 +124,13 @@ at::ScalarType acc_type(const Tensor& t) { return at::toOpMathType(t.scalar_type
 
 // A zeroed gradient buffer shaped like `like`, in the accumulation type.
 Tensor zeros_acc(const Tensor& like) {
-  return at::zeros(like.sizes(), like.options().dtype(acc_type(like)).memory_format(
-                                      like.suggest_memory_format()));
+  return at::zeros_like(like, like.options().dtype(acc_type(like)), like.suggest_memory_format());
 }
+
+// The backward kernels address grad_input (from zeros_acc) with the input's
+// offsets, so they read an input laid out the same way: dense in its memory
+// format. A copy only for inputs with gaps or unusual strides.
+Tensor dense(const Tensor& input) { return input.contiguous(input.suggest_memory_format()); }
 
 Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
   return t.defined() ? t.to(dtype) : t;
@@ -164,12 +168,13 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
   check_grid(op, input, grid);
   check_modes(op, interpolation_mode, padding_mode);
   check_grad_output(op, grad_output, input, grid.size(1), grid.size(2));
-  Tensor grad_input = output_mask[0] ? zeros_acc(input) : Tensor();
+  const Tensor in = dense(input);
+  Tensor grad_input = output_mask[0] ? zeros_acc(in) : Tensor();
   Tensor grad_grid =
       output_mask[1] ? empty_output(grid.sizes(), grid.options().dtype(acc_type(grid))) : Tensor();
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());
-    kernels_for(input).grid_sample_backward(grad_output, input, grid, grad_input, grad_grid,
+    kernels_for(input).grid_sample_backward(grad_output, in, grid, grad_input, grad_grid,
                                             static_cast<Padding>(padding_mode), align_corners);
   } else if (grad_grid.defined()) {
     grad_grid.zero_();  // no channels or no points: nothing depends on the grid
@@ -237,12 +242,13 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
   TORCH_CHECK_VALUE(grad_output.defined() && grad_output.dim() == 4, op,
                     ": expected grad_output to be 4-D (N, C, H_out, W_out)");
   check_grad_output(op, grad_output, input, grad_output.size(2), grad_output.size(3));
-  Tensor grad_input = output_mask[0] ? zeros_acc(input) : Tensor();
+  const Tensor in = dense(input);
+  Tensor grad_input = output_mask[0] ? zeros_acc(in) : Tensor();
   Tensor grad_theta = output_mask[1] ? zeros_acc(theta) : Tensor();
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());
     kernels_for(input).affine_sample_backward(
-        grad_output, input, theta.to(acc_type(theta)).contiguous(), grad_input, grad_theta,
+        grad_output, in, theta.to(acc_type(theta)).contiguous(), grad_input, grad_theta,
         static_cast<Padding>(padding_mode), align_corners);
   }
   return {to_dtype(grad_input, input.scalar_type()), to_dtype(grad_theta, theta.scalar_type())};

@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 // Inlined everywhere: the kernels are loops around these few lines.
 #define STN_HD C10_HOST_DEVICE C10_ALWAYS_INLINE
@@ -34,11 +35,9 @@ namespace math {
 #ifdef __CUDA_ARCH__
 template <typename T> __device__ inline T floor(T x) { return ::floor(x); }
 template <typename T> __device__ inline T fmod(T x, T y) { return ::fmod(x, y); }
-template <typename T> __device__ inline bool isfinite(T x) { return ::isfinite(x); }
 #else
 template <typename T> inline T floor(T x) { return std::floor(x); }
 template <typename T> inline T fmod(T x, T y) { return std::fmod(x, y); }
-template <typename T> inline bool isfinite(T x) { return std::isfinite(x); }
 #endif
 }  // namespace math
 
@@ -130,37 +129,38 @@ STN_HD Dual<T> source_pixel(T coord, int64_t size, Padding padding, bool align_c
 // ---------------------------------------------------------------------------
 // Sampler, step 2: the four neighbours of a source point and their weights.
 //
-// A point with a non-finite coordinate is invalid: it reads nothing (value 0)
-// and receives and passes on no gradient. Pixel positions are clamped to
-// [-2, size + 1] before the integer conversion; that only moves points that
-// are entirely outside the image, so their (zero) contribution is unchanged
-// and no float-to-int conversion can overflow.
-template <typename T>
+// Written without branches, so that the CPU kernels' loops over a run of
+// points vectorise. A point with a non-finite coordinate gets a NaN pixel
+// position (even where border padding would clip it back into the image),
+// which clamp_pixel sends to -2: all four neighbours then lie outside, so the
+// point reads nothing and passes no gradient. Clamping to [-2, size + 1] only
+// moves points that are entirely outside the image, so their (zero)
+// contribution is unchanged and no float-to-int conversion can overflow.
+template <typename T, typename index_t>
 struct Bilinear {
-  int64_t x0, y0;  // north-west neighbour; x0 + 1, y0 + 1 are east and south
+  index_t x0, y0;  // north-west neighbour; x0 + 1, y0 + 1 are east and south
   T wx[2], wy[2];  // weights of the west/east columns and north/south rows
   T dx, dy;        // d pixel / d coordinate (zero where padding clips)
-  bool valid;
 };
 
 template <typename T>
 STN_HD T clamp_pixel(T p, int64_t size) {
-  return p < T(-2) ? T(-2) : (p > T(size + 1) ? T(size + 1) : p);
+  p = p >= T(-2) ? p : T(-2);  // NaN fails the comparison: -2
+  return p <= T(size + 1) ? p : T(size + 1);
 }
 
-template <typename T>
-STN_HD Bilinear<T> bilinear_point(T gx, T gy, int64_t H, int64_t W, Padding padding,
-                                  bool align_corners) {
-  Bilinear<T> b;
+template <typename index_t, typename T>
+STN_HD Bilinear<T, index_t> bilinear_point(T gx, T gy, int64_t H, int64_t W, Padding padding,
+                                           bool align_corners) {
   const Dual<T> px = source_pixel(gx, W, padding, align_corners);
   const Dual<T> py = source_pixel(gy, H, padding, align_corners);
-  b.valid = math::isfinite(gx) && math::isfinite(gy) && math::isfinite(px.val) &&
-            math::isfinite(py.val);
-  const T x = b.valid ? clamp_pixel(px.val, W) : T(-2);
-  const T y = b.valid ? clamp_pixel(py.val, H) : T(-2);
+  const T not_finite = (gx - gx) + (gy - gy);  // 0 for a finite point, else NaN
+  const T x = clamp_pixel(px.val + not_finite, W);
+  const T y = clamp_pixel(py.val + not_finite, H);
+  Bilinear<T, index_t> b;
   // floor of a value >= -2, by truncation: one instruction on any CPU.
-  b.x0 = static_cast<int64_t>(x + T(2)) - 2;
-  b.y0 = static_cast<int64_t>(y + T(2)) - 2;
+  b.x0 = static_cast<index_t>(x + T(2)) - 2;
+  b.y0 = static_cast<index_t>(y + T(2)) - 2;
   const T x0 = static_cast<T>(b.x0);
   const T y0 = static_cast<T>(b.y0);
   // Written as ATen writes them, e.g. w_west = x_east - x.
@@ -168,13 +168,51 @@ STN_HD Bilinear<T> bilinear_point(T gx, T gy, int64_t H, int64_t W, Padding padd
   b.wx[1] = x - x0;
   b.wy[0] = (y0 + T(1)) - y;
   b.wy[1] = y - y0;
-  b.dx = b.valid ? px.grad : T(0);
-  b.dy = b.valid ? py.grad : T(0);
+  b.dx = px.grad;
+  b.dy = py.grad;
   return b;
 }
 
-STN_HD bool within_bounds(int64_t y, int64_t x, int64_t H, int64_t W) {
-  return y >= 0 && y < H && x >= 0 && x < W;
+// i in [0, size), with one comparison.
+template <typename index_t>
+STN_HD bool in_range(index_t i, index_t size) {
+  using unsigned_t = typename std::make_unsigned<index_t>::type;
+  return static_cast<unsigned_t>(i) < static_cast<unsigned_t>(size);
+}
+
+// The extent and strides of one input plane, in the index type the kernel
+// chose (32 bits where the plane allows).
+template <typename index_t>
+struct Plane {
+  index_t H, W, sH, sW;
+
+  // Offset of neighbour k from the north-west one. The neighbours are visited
+  // in ATen's order nw, ne, sw, se: k = 0..3, column k & 1, row k >> 1.
+  STN_HD index_t neighbour_offset(int k) const { return (k & 1) * sW + (k >> 1) * sH; }
+};
+
+// A point's four neighbours in a plane: where they are, which of them lie
+// inside the image (the others read as 0 and receive no gradient) and their
+// bilinear weights. Computed once per point, used for every channel.
+template <typename T, typename index_t>
+struct Corners {
+  index_t base;    // offset of the north-west neighbour (meaningful only if inside)
+  int inside;      // bit k: neighbour k lies inside the image
+  T weight[4];
+};
+
+template <typename T, typename index_t>
+STN_HD Corners<T, index_t> corners(const Bilinear<T, index_t>& b, const Plane<index_t>& plane) {
+  // Arithmetic on the 0/1 results rather than && or ?:, so no branches.
+  const int columns = in_range(b.x0, plane.W) | in_range<index_t>(b.x0 + 1, plane.W) << 1;
+  const int north = columns * in_range(b.y0, plane.H);
+  const int south = columns * in_range<index_t>(b.y0 + 1, plane.H);
+  Corners<T, index_t> c;
+  c.base = b.y0 * plane.sH + b.x0 * plane.sW;  // no overflow: see the kernels' index_t
+  c.inside = north | south << 2;
+STN_UNROLL
+  for (int k = 0; k < 4; ++k) c.weight[k] = b.wx[k & 1] * b.wy[k >> 1];
+  return c;
 }
 
 // A strided (N, C, H, W) view of a tensor's storage.
@@ -186,61 +224,51 @@ struct Image {
 
   STN_HD scalar_t* plane(int64_t n, int64_t c) const { return data + n * sN + c * sC; }
   STN_HD int64_t offset(int64_t y, int64_t x) const { return y * sH + x * sW; }
+  template <typename index_t>
+  STN_HD Plane<index_t> plane_shape() const {
+    return {static_cast<index_t>(H), static_cast<index_t>(W), static_cast<index_t>(sH),
+            static_cast<index_t>(sW)};
+  }
 };
 
 // ---------------------------------------------------------------------------
-// Sampler, step 3: the forward value of one point for channels [c0, c1), and
-// its backward: grad_input is scattered through `add(n, c, y, x, value)` (a
-// plain add on the CPU, an atomic add on the GPU) and the gradient with respect
-// to the point's normalised coordinates is returned.
-//
-// The neighbours are visited in ATen's order: nw, ne, sw, se (k = 0..3 with
-// column k & 1 and row k >> 1).
+// Sampler, step 3, for one point in one channel plane: the forward value, and
+// the backward, which scatters into grad_input through `add(offset, value)` (a
+// plain add on the CPU, an atomic add on the GPU) and accumulates the gradient
+// with respect to the point's pixel position into `grad`. The caller scales
+// that by (dx, dy) once, after the last channel.
 
-template <typename acc_t, typename scalar_t, typename out_t>
-STN_HD void bilinear_forward(const Image<const scalar_t>& in, const Image<out_t>& out,
-                             int64_t n, int64_t out_offset, const Bilinear<acc_t>& b,
-                             int64_t c0, int64_t c1) {
-  for (int64_t c = c0; c < c1; ++c) {
-    const scalar_t* plane = in.plane(n, c);
-    acc_t v = acc_t(0);
+template <typename acc_t, typename scalar_t, typename index_t>
+STN_HD acc_t interpolate(const scalar_t* data, const Corners<acc_t, index_t>& c,
+                         const Plane<index_t>& plane) {
+  acc_t v = acc_t(0);
 STN_UNROLL
-    for (int k = 0; k < 4; ++k) {
-      const int64_t x = b.x0 + (k & 1), y = b.y0 + (k >> 1);
-      if (b.valid && within_bounds(y, x, in.H, in.W)) {
-        v += static_cast<acc_t>(plane[in.offset(y, x)]) * (b.wx[k & 1] * b.wy[k >> 1]);
-      }
+  for (int k = 0; k < 4; ++k) {
+    if (c.inside >> k & 1) {
+      v += static_cast<acc_t>(data[c.base + plane.neighbour_offset(k)]) * c.weight[k];
     }
-    out.plane(n, c)[out_offset] = static_cast<out_t>(v);
   }
+  return v;
 }
 
-template <typename acc_t, typename scalar_t, typename AddFn>
-STN_HD Point2<acc_t> bilinear_backward(const Image<const scalar_t>& grad_out,
-                                         int64_t out_offset, const Image<const scalar_t>& in,
-                                         int64_t n, const Bilinear<acc_t>& b, int64_t c0,
-                                         int64_t c1, bool need_input_grad,
-                                         bool need_grid_grad, AddFn&& add) {
-  acc_t gx = acc_t(0), gy = acc_t(0);
-  if (!b.valid) return {gx, gy};
-  for (int64_t c = c0; c < c1; ++c) {
-    const acc_t g = static_cast<acc_t>(grad_out.plane(n, c)[out_offset]);
-    const scalar_t* plane = in.plane(n, c);
+template <typename acc_t, typename scalar_t, typename index_t, typename AddFn>
+STN_HD void interpolate_backward(const scalar_t* data, acc_t grad_out,
+                                 const Corners<acc_t, index_t>& c, const Bilinear<acc_t, index_t>& b,
+                                 const Plane<index_t>& plane, bool need_input_grad,
+                                 bool need_grid_grad, AddFn&& add, Point2<acc_t>& grad) {
 STN_UNROLL
-    for (int k = 0; k < 4; ++k) {
+  for (int k = 0; k < 4; ++k) {
+    if (!(c.inside >> k & 1)) continue;
+    const index_t offset = c.base + plane.neighbour_offset(k);
+    if (need_input_grad) add(offset, grad_out * c.weight[k]);
+    if (need_grid_grad) {
+      // d weight / d x is -wy for the west column and +wy for the east one.
       const int ix = k & 1, iy = k >> 1;
-      const int64_t x = b.x0 + ix, y = b.y0 + iy;
-      if (!within_bounds(y, x, in.H, in.W)) continue;
-      if (need_input_grad) add(n, c, y, x, g * (b.wx[ix] * b.wy[iy]));
-      if (need_grid_grad) {
-        const acc_t v = static_cast<acc_t>(plane[in.offset(y, x)]) * g;
-        // d weight / d x is -wy for the west column and +wy for the east one.
-        gx += ix ? v * b.wy[iy] : -(v * b.wy[iy]);
-        gy += iy ? v * b.wx[ix] : -(v * b.wx[ix]);
-      }
+      const acc_t v = static_cast<acc_t>(data[offset]) * grad_out;
+      grad.x += ix ? v * b.wy[iy] : -(v * b.wy[iy]);
+      grad.y += iy ? v * b.wx[ix] : -(v * b.wx[ix]);
     }
   }
-  return {gx * b.dx, gy * b.dy};
 }
 
 // ---------------------------------------------------------------------------

@@ -1,20 +1,110 @@
-// CPU kernels: loops over output points with at::parallel_for around the
-// per-point math of sampler_math.h. Deterministic: the backward pass gives each
-// batch element to one thread, so grad_input is summed in a fixed order.
+// CPU kernels: at::parallel_for over output rows (forward) or batch elements
+// (backward), around the per-point math of sampler_math.h. Deterministic: the
+// backward pass gives each batch element to one thread, so grad_input is
+// summed in a fixed order.
+//
+// Each row is processed in runs of up to kRun points, in two phases:
+//  1. for every point of the run, its source position and its four neighbours
+//     (offsets, masks, weights), stored as structure-of-arrays. The padding
+//     mode is a compile-time constant here and the math is branch-free, so the
+//     compiler vectorises this loop;
+//  2. for every channel, the gather (forward) or scatter (backward) of the
+//     run's points, reusing phase 1's neighbours.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+
+#include <limits>
+#include <type_traits>
 
 #include "../kernels.h"
 
 namespace stn {
 namespace {
 
-// Points per parallel task, so that a task does at least ~GRAIN_SIZE work.
-constexpr int64_t kGrainSize = 32768;  // as ATen's at::internal::GRAIN_SIZE
+constexpr int kRun = 64;               // points per run
+constexpr int64_t kGrainSize = 32768;  // work per parallel task, as ATen's GRAIN_SIZE
 
-int64_t grain_for(int64_t channels) {
-  return std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, 4 * channels));
+// Call f(padding, align_corners) with both as compile-time constants, so that
+// the loop over points has no branches.
+template <typename F>
+void with_modes(Padding padding, bool align_corners, F&& f) {
+  auto with_align = [&](auto padding) {
+    if (align_corners) return f(padding, std::true_type{});
+    return f(padding, std::false_type{});
+  };
+  switch (padding) {
+    case Padding::Zeros: return with_align(std::integral_constant<Padding, Padding::Zeros>{});
+    case Padding::Border: return with_align(std::integral_constant<Padding, Padding::Border>{});
+    case Padding::Reflection:
+      return with_align(std::integral_constant<Padding, Padding::Reflection>{});
+  }
+}
+
+// Call f(index_t{}) with 32-bit offsets when every neighbour offset of a plane
+// fits in them (pixel positions reach [-2, size + 1]), else 64-bit ones.
+template <typename scalar_t, typename F>
+void with_index_type(const Image<scalar_t>& in, F&& f) {
+  const int64_t reach = (in.H + 2) * in.sH + (in.W + 2) * in.sW;
+  if (reach <= std::numeric_limits<int32_t>::max()) return f(int32_t{});
+  return f(int64_t{});
+}
+
+// A run of points of one output row: phase 1's output, structure-of-arrays.
+template <typename acc_t, typename index_t>
+struct Run {
+  int size;
+  acc_t gx[kRun], gy[kRun];  // normalised source coordinates
+  // Corners of each point.
+  index_t base[kRun];
+  int inside[kRun];
+  acc_t weight[4][kRun];
+  // Backward only: the rest of each point's Bilinear.
+  acc_t wx[2][kRun], wy[2][kRun], dx[kRun], dy[kRun];
+
+  Corners<acc_t, index_t> corners(int i) const {
+    return {base[i], inside[i], {weight[0][i], weight[1][i], weight[2][i], weight[3][i]}};
+  }
+  Bilinear<acc_t, index_t> bilinear(int i) const {
+    return {0, 0, {wx[0][i], wx[1][i]}, {wy[0][i], wy[1][i]}, dx[i], dy[i]};
+  }
+};
+
+// Phase 1 is built twice, for AVX2 and for the baseline x86-64, and the loader
+// picks the one the CPU runs (GCC function multi-versioning). Not FMA: that
+// would change the rounding, which follows ATen's.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define STN_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define STN_VECTOR_CLONES
+#endif
+
+// Phase 1: the points w0 .. w0 + run.size of row h, and their corners.
+template <bool kBackward, Padding P, bool kAlignCorners, typename acc_t, typename index_t,
+          typename Source>
+STN_VECTOR_CLONES void locate(Run<acc_t, index_t>& run, const Source& src, int64_t n, int64_t h, int64_t w0,
+            const Plane<index_t> plane) {  // by value: its fields stay in registers
+  for (int i = 0; i < run.size; ++i) {
+    const auto pt = src.template point<acc_t>(n, h, w0 + i);
+    run.gx[i] = pt.x;
+    run.gy[i] = pt.y;
+  }
+  for (int i = 0; i < run.size; ++i) {  // vectorised for zeros and border padding
+    const auto b = bilinear_point<index_t>(run.gx[i], run.gy[i], plane.H, plane.W, P,
+                                           kAlignCorners);
+    const auto c = corners(b, plane);
+    run.base[i] = c.base;
+    run.inside[i] = c.inside;
+    for (int k = 0; k < 4; ++k) run.weight[k][i] = c.weight[k];
+    if (kBackward) {
+      for (int j = 0; j < 2; ++j) {
+        run.wx[j][i] = b.wx[j];
+        run.wy[j][i] = b.wy[j];
+      }
+      run.dx[i] = b.dx;
+      run.dy[i] = b.dy;
+    }
+  }
 }
 
 // Gradient sinks: where the gradient with respect to each point's source
@@ -49,17 +139,31 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
   using acc_t = at::opmath_type<scalar_t>;
   const auto in = image_of<const scalar_t>(input);
   const auto out = image_of<scalar_t>(output);
-  // Tasks are whole output rows: no per-point index arithmetic.
-  const int64_t grain = std::max<int64_t>(1, grain_for(in.C) / std::max<int64_t>(1, out.W));
-  at::parallel_for(0, out.N * out.H, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / out.H, h = row % out.H;
-      for (int64_t w = 0; w < out.W; ++w) {
-        const auto pt = src.template point<acc_t>(n, h, w);
-        const auto b = bilinear_point(pt.x, pt.y, in.H, in.W, padding, align_corners);
-        bilinear_forward<acc_t>(in, out, n, out.offset(h, w), b, 0, in.C);
-      }
-    }
+  const int64_t row_cost = out.W * std::max<int64_t>(1, in.C);
+  const int64_t grain = std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, row_cost));
+  with_modes(padding, align_corners, [&](auto P, auto kAlignCorners) {
+    with_index_type(in, [&](auto index) {
+      using index_t = decltype(index);
+      const auto plane = in.template plane_shape<index_t>();
+      at::parallel_for(0, out.N * out.H, grain, [&](int64_t begin, int64_t end) {
+        Run<acc_t, index_t> run;
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t n = row / out.H, h = row % out.H;
+          for (int64_t w0 = 0; w0 < out.W; w0 += kRun) {
+            run.size = static_cast<int>(std::min<int64_t>(kRun, out.W - w0));
+            locate<false, P, kAlignCorners>(run, src, n, h, w0, plane);
+            for (int64_t c = 0; c < in.C; ++c) {
+              const scalar_t* in_plane = in.plane(n, c);
+              scalar_t* out_row = out.plane(n, c) + out.offset(h, w0);
+              for (int i = 0; i < run.size; ++i) {
+                out_row[i * out.sW] =
+                    static_cast<scalar_t>(interpolate(in_plane, run.corners(i), plane));
+              }
+            }
+          }
+        }
+      });
+    });
   });
 }
 
@@ -72,23 +176,44 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   const auto in = image_of<const scalar_t>(input);
   const bool need_input_grad = grad_input.defined();
   const auto gi = need_input_grad ? image_of<acc_t>(grad_input) : Image<acc_t>{};
-  auto add = [&](int64_t n, int64_t c, int64_t y, int64_t x, acc_t v) {
-    gi.plane(n, c)[gi.offset(y, x)] += v;
-  };
-  at::parallel_for(0, go.N, 1, [&](int64_t n0, int64_t n1) {
-    Sink s = sink;
-    for (int64_t n = n0; n < n1; ++n) {
-      for (int64_t h = 0; h < go.H; ++h) {
-        for (int64_t w = 0; w < go.W; ++w) {
-          const auto pt = src.template point<acc_t>(n, h, w);
-          const auto b = bilinear_point(pt.x, pt.y, in.H, in.W, padding, align_corners);
-          const auto g = bilinear_backward<acc_t>(go, go.offset(h, w), in, n, b, 0, in.C,
-                                                  need_input_grad, need_grid_grad, add);
-          if (need_grid_grad) s.add(n, h, w, g);
+  // grad_input is allocated contiguous with the input's memory format, so its
+  // plane strides equal the input's or (channels_last) match them too.
+  with_modes(padding, align_corners, [&](auto P, auto kAlignCorners) {
+    with_index_type(in, [&](auto index) {
+      using index_t = decltype(index);
+      const auto plane = in.template plane_shape<index_t>();
+      at::parallel_for(0, go.N, 1, [&](int64_t n0, int64_t n1) {
+        Sink s = sink;
+        Run<acc_t, index_t> run;
+        Point2<acc_t> grad[kRun];
+        for (int64_t n = n0; n < n1; ++n) {
+          for (int64_t h = 0; h < go.H; ++h) {
+            for (int64_t w0 = 0; w0 < go.W; w0 += kRun) {
+              run.size = static_cast<int>(std::min<int64_t>(kRun, go.W - w0));
+              locate<true, P, kAlignCorners>(run, src, n, h, w0, plane);
+              for (int i = 0; i < run.size; ++i) grad[i] = {acc_t(0), acc_t(0)};
+              for (int64_t c = 0; c < in.C; ++c) {
+                const scalar_t* in_plane = in.plane(n, c);
+                const scalar_t* go_row = go.plane(n, c) + go.offset(h, w0);
+                acc_t* gi_plane = need_input_grad ? gi.plane(n, c) : nullptr;
+                auto add = [&](index_t offset, acc_t v) { gi_plane[offset] += v; };
+                for (int i = 0; i < run.size; ++i) {
+                  interpolate_backward(in_plane, static_cast<acc_t>(go_row[i * go.sW]),
+                                       run.corners(i), run.bilinear(i), plane,
+                                       need_input_grad, need_grid_grad, add, grad[i]);
+                }
+              }
+              if (need_grid_grad) {
+                for (int i = 0; i < run.size; ++i) {
+                  s.add(n, h, w0 + i, {grad[i].x * run.dx[i], grad[i].y * run.dy[i]});
+                }
+              }
+            }
+          }
+          if (need_grid_grad) s.finish(n);
         }
-      }
-      if (need_grid_grad) s.finish(n);
-    }
+      });
+    });
   });
 }
 
@@ -147,7 +272,7 @@ void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool a
     const int64_t N = grid.size(0), H = grid.size(1), W = grid.size(2);
     const auto src = theta_grid_of<acc_t>(theta, H, W, align_corners);
     scalar_t* out = grid.data_ptr<scalar_t>();
-    at::parallel_for(0, N * H, grain_for(1) / std::max<int64_t>(1, W),
+    at::parallel_for(0, N * H, std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, W)),
                      [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         for (int64_t w = 0; w < W; ++w) {

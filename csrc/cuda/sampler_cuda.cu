@@ -110,12 +110,17 @@ sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
+  const auto plane = in.template plane_shape<int64_t>();
   STN_FOR_EACH_N(out.N) {
     STN_FOR_EACH_POINT(out.H * out.W) {
       const int64_t h = p / out.W, w = p - h * out.W;
       const auto pt = src.template point<acc_t>(n, h, w);
-      const auto b = bilinear_point(pt.x, pt.y, in.H, in.W, padding, align_corners);
-      bilinear_forward<acc_t>(in, out, n, out.offset(h, w), b, c0, c1);
+      const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, padding, align_corners);
+      const auto corner = corners(b, plane);
+      for (int64_t c = c0; c < c1; ++c) {
+        out.plane(n, c)[out.offset(h, w)] =
+            static_cast<scalar_t>(interpolate(in.plane(n, c), corner, plane));
+      }
     }
   }
 }
@@ -130,17 +135,23 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
   const bool need_input_grad = grad_in.data != nullptr;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
-  auto add = [&](int64_t n, int64_t c, int64_t y, int64_t x, acc_t v) {
-    atomicAdd(grad_in.plane(n, c) + grad_in.offset(y, x), v);
-  };
+  // grad_in is laid out like in (see ops.cpp), so in's offsets address it.
+  const auto plane = in.template plane_shape<int64_t>();
   STN_FOR_EACH_N(grad_out.N) {
     STN_FOR_EACH_POINT(grad_out.H * grad_out.W) {
       const int64_t h = p / grad_out.W, w = p - h * grad_out.W;
       const auto pt = src.template point<acc_t>(n, h, w);
-      const auto b = bilinear_point(pt.x, pt.y, in.H, in.W, padding, align_corners);
-      const auto g = bilinear_backward<acc_t>(grad_out, grad_out.offset(h, w), in, n, b, c0, c1,
-                                              need_input_grad, need_grid_grad, add);
-      if (need_grid_grad) sink.add(n, h, w, g);
+      const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, padding, align_corners);
+      const auto corner = corners(b, plane);
+      Point2<acc_t> g{acc_t(0), acc_t(0)};
+      for (int64_t c = c0; c < c1; ++c) {
+        acc_t* grad_in_plane = need_input_grad ? grad_in.plane(n, c) : nullptr;
+        auto add = [&](int64_t offset, acc_t v) { atomicAdd(grad_in_plane + offset, v); };
+        const acc_t go = static_cast<acc_t>(grad_out.plane(n, c)[grad_out.offset(h, w)]);
+        interpolate_backward(in.plane(n, c), go, corner, b, plane, need_input_grad,
+                             need_grid_grad, add, g);
+      }
+      if (need_grid_grad) sink.add(n, h, w, {g.x * b.dx, g.y * b.dy});
     }
     if (need_grid_grad) sink.finish(n);
   }
