@@ -1,0 +1,147 @@
+"""The benchmark suite: python -m benchmarks --quick end to end (on the CPU, and on
+CUDA when there is one) and the files it writes; its correctness check against
+deliberately wrong samplers."""
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import stn_cuda
+from benchmarks import checks
+from benchmarks.__main__ import parse_args
+from benchmarks.impls import AFFINE, CANDIDATE, IMPLS, REFERENCE, SAMPLER
+from benchmarks.workloads import AFFINE as AFFINE_GEOMETRY
+from benchmarks.workloads import DIRECTIONS, QUICK, Sampling, Workload, make_case
+from conftest import DEVICES
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def quick_run(request, tmp_path_factory):
+    """(device, output folder, completed process) of one quick run, as a user runs it."""
+    out = tmp_path_factory.mktemp(f"bench-{request.param}")
+    env = {k: v for k, v in os.environ.items() if k != "STN_CUDA_POISON"}  # as outside the tests
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--device", request.param,
+                          "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return request.param, out, run
+
+
+def _results(out):
+    return json.loads((out / "results.json").read_text())
+
+
+def test_metadata(quick_run):
+    device, out, _ = quick_run
+    meta = _results(out)["meta"]
+    for key in ("command", "device", "torch", "commit", "built_with_cuda", "date", "copy_bandwidth_gbps"):
+        assert key in meta, key
+    assert meta["command"].endswith(f"-m benchmarks --quick --device {device} --out {out}")
+    assert meta["device_type"] == device and meta["torch"] == torch.__version__
+    assert meta["copy_bandwidth_gbps"] > 0
+
+
+def test_rows_cover_the_quick_subset(quick_run):
+    _, out, _ = quick_run
+    rows = _results(out)["rows"]
+    assert {(r["workload"], r["direction"]) for r in rows} == {(w, d) for w in QUICK for d in DIRECTIONS}
+    assert len(rows) == len(QUICK) * len(DIRECTIONS)
+    for row in rows:
+        for key in ("workload", "shape", "dtype", "direction", "device", "torch", "commit", "sampling", "impls"):
+            assert key in row, key
+        assert row["dtype"] == "float32"
+
+
+def test_every_applicable_implementation_is_timed(quick_run):
+    device, out, _ = quick_run
+    for row in _results(out)["rows"]:
+        impls = row["impls"]
+        assert set(impls) == {impl.name for impl in IMPLS}, "each implementation is timed or says why not"
+        families = {SAMPLER} | ({AFFINE} if row["geometry"] == AFFINE_GEOMETRY else set())
+        for impl in IMPLS:
+            entry = impls[impl.name]
+            if impl.family in families and impl.role in (CANDIDATE, REFERENCE):
+                assert "median_ms" in entry, (row["workload"], impl.name, entry)
+            if "median_ms" not in entry:
+                assert entry["skipped"], (row["workload"], impl.name)
+                continue
+            assert 0 < entry["p20_ms"] <= entry["median_ms"] <= entry["p80_ms"] and entry["reps"] >= 1
+            for ratio in ("speedup_vs_reference", "speedup_vs_best_torch", "gbps", "copy_bw_fraction"):
+                assert 0 < entry[ratio] < math.inf, (impl.name, ratio, entry[ratio])
+            assert entry["check"] == ("reference" if impl.role == REFERENCE else "ok"), entry
+        if device == "cpu":
+            assert impls["torch.cudnn_grid_sampler"]["skipped"] == "CUDA only"
+
+
+def test_markdown_has_a_table_per_family(quick_run):
+    _, out, run = quick_run
+    text = (out / "results.md").read_text()
+    assert text in run.stdout  # printed too
+    rows = _results(out)["rows"]
+    table_lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [line for line in table_lines if line.startswith("| workload |")]
+    separators = [line for line in text.splitlines() if line.startswith("|---|")]
+    assert len(header) == len(separators) == 2
+    affine_rows = sum(row["geometry"] == AFFINE_GEOMETRY for row in rows)
+    assert len(table_lines) == len(header) + len(rows) + affine_rows
+
+
+def test_speedup_chart_is_a_png(quick_run):
+    _, out, _ = quick_run
+    assert (out / "speedup.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+# -- the check fails loudly on a wrong implementation -------------------------------
+
+TINY = Workload("tiny", 2, 3, (9, 11), (7, 5), "a test case")
+
+
+def _wrong(impl_name, sample):
+    impl = next(impl for impl in IMPLS if impl.name == impl_name)
+    return dataclasses.replace(impl, sample=sample)
+
+
+def _stn(input, geometry, out_size, s):
+    return stn_cuda.grid_sample(input, geometry, padding_mode=s.padding_mode, align_corners=s.align_corners)
+
+
+def _stn_affine(input, theta, out_size, s, **options):
+    return stn_cuda.affine_sample(input, theta, out_size, padding_mode=s.padding_mode,
+                                  align_corners=s.align_corners, **options)
+
+
+WRONG = {
+    "half a pixel off": ("stn_cuda.grid_sample", lambda x, g, size, s: _stn(x, g + 1 / 11, size, s)),
+    "other corners": ("stn_cuda.grid_sample",
+                      lambda x, g, size, s: _stn(x, g, size, Sampling(s.padding_mode, not s.align_corners))),
+    "one point dropped": ("stn_cuda.grid_sample",
+                          lambda x, g, size, s: _stn(x, g, size, s) * (torch.arange(5) != 3)),
+    "no grid gradient": ("stn_cuda.grid_sample", lambda x, g, size, s: _stn(x, g.detach(), size, s) + 0 * g.sum()),
+    "no theta gradient": ("stn_cuda.affine_sample",
+                          lambda x, t, size, s: _stn_affine(x, t.detach(), size, s) + 0 * t.sum()),
+    "border padding": ("stn_cuda.affine_sample",
+                       lambda x, t, size, s: _stn_affine(x, t, size, Sampling("border", s.align_corners))),
+}
+
+
+@pytest.mark.parametrize("mistake", WRONG)
+def test_check_catches_a_wrong_implementation(mistake):
+    name, sample = WRONG[mistake]
+    case = make_case(TINY, torch.float32, torch.device("cpu"), Sampling())
+    right = next(impl for impl in IMPLS if impl.name == name)
+    assert checks.check(right, case).status == checks.OK
+    assert checks.check(_wrong(name, sample), case).status == checks.MISMATCH
+
+
+def test_unknown_workload_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--workload", "no-such-workload"])
+    assert "mnist-stn" in capsys.readouterr().err
