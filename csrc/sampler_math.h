@@ -241,12 +241,14 @@ struct Image {
 template <typename acc_t, typename scalar_t, typename index_t>
 STN_HD acc_t interpolate(const scalar_t* data, const Corners<acc_t, index_t>& c,
                          const Plane<index_t>& plane) {
+  auto term = [&](int k) {
+    return static_cast<acc_t>(data[c.base + plane.neighbour_offset(k)]) * c.weight[k];
+  };
+  if (c.inside == 0xf) return term(0) + term(1) + term(2) + term(3);  // the common case
   acc_t v = acc_t(0);
 STN_UNROLL
   for (int k = 0; k < 4; ++k) {
-    if (c.inside >> k & 1) {
-      v += static_cast<acc_t>(data[c.base + plane.neighbour_offset(k)]) * c.weight[k];
-    }
+    if (c.inside >> k & 1) v += term(k);
   }
   return v;
 }

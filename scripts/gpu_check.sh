@@ -5,8 +5,11 @@
 # (memcheck, racecheck, initcheck) over a subset of them, the benchmark suite and the
 # peak-memory comparison. Every step runs whatever happened to the others; each
 # one's exit status (124: over its time limit) and duration go to $OUT/summary.txt,
-# its output to $OUT/<step>.log. About 10 minutes on an H100.
-#   bash scripts/gpu_check.sh                          # OUT=./gpu-out
+# its output to $OUT/<step>.log. STEPS picks steps, so that a session whose
+# commands are limited to 10 minutes can split the run (the build is kept):
+#   bash scripts/gpu_check.sh                          # every step; OUT=./gpu-out
+#   STEPS="versions build tests memcheck" bash scripts/gpu_check.sh
+#   STEPS="build bench memory racecheck initcheck" bash scripts/gpu_check.sh
 #   OUT=/tmp/run PYTHON=python3.12 bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,9 +42,12 @@ sanitize() {  # sanitize TOOL: the SANITIZED tests under compute-sanitizer --too
 }
 export -f versions sanitize
 
+STEPS=${STEPS:-versions build tests bench memory memcheck racecheck initcheck}
+
 step() {  # step NAME LIMIT_S COMMAND...: COMMAND (a program or a function above) in $OUT/NAME.log
   local name=$1 limit=$2 start=$SECONDS rc=0
   shift 2
+  case " $STEPS " in *" $name "*) ;; *) return 0 ;; esac
   echo "== $name: $*"
   timeout --kill-after=10 "$limit" bash -c '"$@"' bash "$@" > "$OUT/$name.log" 2>&1 || rc=$?
   tail -n 12 "$OUT/$name.log"
@@ -50,12 +56,12 @@ step() {  # step NAME LIMIT_S COMMAND...: COMMAND (a program or a function above
 }
 
 step versions 60 versions
-step build 600 "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
-step tests 300 "$PY" -m pytest -q tests -k cuda --junitxml="$OUT/tests.xml"
-step bench 480 "$PY" -m benchmarks --out "$OUT/bench"
+step build 300 "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
+step tests 180 "$PY" -m pytest -q tests -k cuda --junitxml="$OUT/tests.xml"
+step bench 300 "$PY" -m benchmarks --out "$OUT/bench"
 step memory 120 "$PY" -m benchmarks.memory --out "$OUT/memory.json"
 for tool in memcheck racecheck initcheck; do
-  step "$tool" 150 sanitize "$tool"
+  step "$tool" 120 sanitize "$tool"
 done
 echo "== summary ($OUT/summary.txt)"
 cat "$OUT/summary.txt"

@@ -145,19 +145,20 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
     with_index_type(in, [&](auto index) {
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
-      at::parallel_for(0, out.N * out.H, grain, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, out.N * out.H, grain, [&, plane](int64_t begin, int64_t end) {
         Run<acc_t, index_t> run;
         for (int64_t row = begin; row < end; ++row) {
           const int64_t n = row / out.H, h = row % out.H;
           for (int64_t w0 = 0; w0 < out.W; w0 += kRun) {
             run.size = static_cast<int>(std::min<int64_t>(kRun, out.W - w0));
             locate<false, P, kAlignCorners>(run, src, n, h, w0, plane);
-            for (int64_t c = 0; c < in.C; ++c) {
-              const scalar_t* in_plane = in.plane(n, c);
-              scalar_t* out_row = out.plane(n, c) + out.offset(h, w0);
-              for (int i = 0; i < run.size; ++i) {
-                out_row[i * out.sW] =
-                    static_cast<scalar_t>(interpolate(in_plane, run.corners(i), plane));
+            const scalar_t* in_n = in.plane(n, 0);
+            scalar_t* out_row = out.plane(n, 0) + out.offset(h, w0);
+            for (int i = 0; i < run.size; ++i) {
+              const auto corners = run.corners(i);
+              for (int64_t c = 0; c < in.C; ++c) {
+                out_row[i * out.sW + c * out.sC] =
+                    static_cast<scalar_t>(interpolate(in_n + c * in.sC, corners, plane));
               }
             }
           }
@@ -182,31 +183,30 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
     with_index_type(in, [&](auto index) {
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
-      at::parallel_for(0, go.N, 1, [&](int64_t n0, int64_t n1) {
+      at::parallel_for(0, go.N, 1, [&, plane](int64_t n0, int64_t n1) {
         Sink s = sink;
         Run<acc_t, index_t> run;
-        Point2<acc_t> grad[kRun];
         for (int64_t n = n0; n < n1; ++n) {
+          const scalar_t* in_n = in.plane(n, 0);
+          acc_t* gi_n = need_input_grad ? gi.plane(n, 0) : nullptr;
           for (int64_t h = 0; h < go.H; ++h) {
+            const scalar_t* go_row = go.plane(n, 0) + go.offset(h, 0);
             for (int64_t w0 = 0; w0 < go.W; w0 += kRun) {
               run.size = static_cast<int>(std::min<int64_t>(kRun, go.W - w0));
               locate<true, P, kAlignCorners>(run, src, n, h, w0, plane);
-              for (int i = 0; i < run.size; ++i) grad[i] = {acc_t(0), acc_t(0)};
-              for (int64_t c = 0; c < in.C; ++c) {
-                const scalar_t* in_plane = in.plane(n, c);
-                const scalar_t* go_row = go.plane(n, c) + go.offset(h, w0);
-                acc_t* gi_plane = need_input_grad ? gi.plane(n, c) : nullptr;
-                auto add = [&](index_t offset, acc_t v) { gi_plane[offset] += v; };
-                for (int i = 0; i < run.size; ++i) {
-                  interpolate_backward(in_plane, static_cast<acc_t>(go_row[i * go.sW]),
-                                       run.corners(i), run.bilinear(i), plane,
-                                       need_input_grad, need_grid_grad, add, grad[i]);
+              for (int i = 0; i < run.size; ++i) {
+                const auto corners = run.corners(i);
+                const auto b = run.bilinear(i);
+                const int64_t w = w0 + i;
+                Point2<acc_t> grad{acc_t(0), acc_t(0)};
+                for (int64_t c = 0; c < in.C; ++c) {
+                  acc_t* gi_plane = gi_n + c * gi.sC;
+                  auto add = [gi_plane](index_t offset, acc_t v) { gi_plane[offset] += v; };
+                  interpolate_backward(in_n + c * in.sC,
+                                       static_cast<acc_t>(go_row[w * go.sW + c * go.sC]), corners,
+                                       b, plane, need_input_grad, need_grid_grad, add, grad);
                 }
-              }
-              if (need_grid_grad) {
-                for (int i = 0; i < run.size; ++i) {
-                  s.add(n, h, w0 + i, {grad[i].x * run.dx[i], grad[i].y * run.dy[i]});
-                }
+                if (need_grid_grad) s.add(n, h, w, {grad.x * b.dx, grad.y * b.dy});
               }
             }
           }

@@ -1,7 +1,7 @@
 """CPU cost of stn_cuda.grid_sample against ATen's CPU grid_sample, side by side in one
 process (issue 2's acceptance check): median time of forward and forward+backward.
 
-    python scripts/cpu_vs_aten.py [--reps 15] [--threads N]
+    python -m benchmarks.cpu_vs_aten [--reps 15] [--threads N]
 """
 import argparse
 import statistics
