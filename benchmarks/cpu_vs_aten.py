@@ -15,14 +15,18 @@ import stn_cuda
 SHAPES = [(256, 1, 28, 28), (16, 32, 64, 64), (4, 3, 256, 256)]
 
 
-def median_time(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def median_times(fns, reps):
+    """Median time of each of fns, timed in turn within every repetition, so that load
+    from other processes falls on all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main():
@@ -44,13 +48,12 @@ def main():
         xg, gg = x.clone().requires_grad_(), grid.clone().requires_grad_()
         impls = {"aten": lambda a, b: F.grid_sample(a, b, align_corners=False), "stn": stn_cuda.grid_sample}
         for direction in ("forward", "fwd+bwd"):
-            times = {}
-            for name, fn in impls.items():
-                if direction == "forward":
-                    run = lambda fn=fn: fn(x, grid)
-                else:
-                    run = lambda fn=fn: torch.autograd.grad(fn(xg, gg).sum(), (xg, gg))
-                times[name] = median_time(run, args.reps)
+            if direction == "forward":
+                runs = {name: lambda fn=fn: fn(x, grid) for name, fn in impls.items()}
+            else:
+                runs = {name: lambda fn=fn: torch.autograd.grad(fn(xg, gg).sum(), (xg, gg))
+                        for name, fn in impls.items()}
+            times = median_times(runs, args.reps)
             ratio = times["stn"] / times["aten"]
             worst = max(worst, ratio)
             print(f"{str(shape):>20} {direction:>9} {times['aten'] * 1e3:9.3f} {times['stn'] * 1e3:9.3f} {ratio:9.2f}")
