@@ -14,18 +14,16 @@ namespace stn {
 
 struct Kernels {
   void (*grid_sample_forward)(const at::Tensor& input, const at::Tensor& grid,
-                              const at::Tensor& output, Padding padding, bool align_corners);
+                              const at::Tensor& output, Sampling sampling);
   void (*grid_sample_backward)(const at::Tensor& grad_output, const at::Tensor& input,
                                const at::Tensor& grid, const at::Tensor& grad_input,
-                               const at::Tensor& grad_grid, Padding padding,
-                               bool align_corners);
+                               const at::Tensor& grad_grid, Sampling sampling);
   // theta: (N, 2, 3), contiguous, in the accumulation type.
   void (*affine_sample_forward)(const at::Tensor& input, const at::Tensor& theta,
-                                const at::Tensor& output, Padding padding, bool align_corners);
+                                const at::Tensor& output, Sampling sampling);
   void (*affine_sample_backward)(const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& theta, const at::Tensor& grad_input,
-                                 const at::Tensor& grad_theta, Padding padding,
-                                 bool align_corners);
+                                 const at::Tensor& grad_theta, Sampling sampling);
   void (*affine_grid_forward)(const at::Tensor& theta, const at::Tensor& grid,
                               bool align_corners);
   void (*affine_grid_backward)(const at::Tensor& grad_grid, const at::Tensor& grad_theta,

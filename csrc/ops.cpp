@@ -29,11 +29,16 @@ void check_modes(const char* op, int64_t interpolation_mode, int64_t padding_mod
                     ": interpolation_mode must be 0 (bilinear), 1 (nearest) or 2 (bicubic), got ",
                     interpolation_mode);
   TORCH_CHECK_NOT_IMPLEMENTED(
-      static_cast<Interpolation>(interpolation_mode) == Interpolation::Bilinear, op,
-      ": only mode='bilinear' is implemented so far");
+      static_cast<Interpolation>(interpolation_mode) != Interpolation::Bicubic, op,
+      ": mode='bicubic' is not implemented yet; 'bilinear' and 'nearest' are");
   TORCH_CHECK_VALUE(0 <= padding_mode && padding_mode <= 2, op,
                     ": padding_mode must be 0 (zeros), 1 (border) or 2 (reflection), got ",
                     padding_mode);
+}
+
+Sampling sampling_of(int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
+  return {static_cast<Interpolation>(interpolation_mode), static_cast<Padding>(padding_mode),
+          align_corners};
 }
 
 void check_tensor(const char* op, const char* name, const Tensor& t, int64_t dim,
@@ -156,7 +161,7 @@ Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolatio
   if (output.numel() == 0) return output;
   c10::DeviceGuard guard(input.device());
   kernels_for(input).grid_sample_forward(input, grid, output,
-                                         static_cast<Padding>(padding_mode), align_corners);
+                                         sampling_of(interpolation_mode, padding_mode, align_corners));
   return output;
 }
 
@@ -175,7 +180,7 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());
     kernels_for(input).grid_sample_backward(grad_output, in, grid, grad_input, grad_grid,
-                                            static_cast<Padding>(padding_mode), align_corners);
+                                            sampling_of(interpolation_mode, padding_mode, align_corners));
   } else if (grad_grid.defined()) {
     grad_grid.zero_();  // no channels or no points: nothing depends on the grid
   }
@@ -226,7 +231,7 @@ Tensor affine_sample(const Tensor& input, const Tensor& theta, int64_t height, i
   if (output.numel() == 0) return output;
   c10::DeviceGuard guard(input.device());
   kernels_for(input).affine_sample_forward(input, theta.to(acc_type(theta)).contiguous(), output,
-                                           static_cast<Padding>(padding_mode), align_corners);
+                                           sampling_of(interpolation_mode, padding_mode, align_corners));
   return output;
 }
 
@@ -249,7 +254,7 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
     c10::DeviceGuard guard(input.device());
     kernels_for(input).affine_sample_backward(
         grad_output, in, theta.to(acc_type(theta)).contiguous(), grad_input, grad_theta,
-        static_cast<Padding>(padding_mode), align_corners);
+        sampling_of(interpolation_mode, padding_mode, align_corners));
   }
   return {to_dtype(grad_input, input.scalar_type()), to_dtype(grad_theta, theta.scalar_type())};
 }

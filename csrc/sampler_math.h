@@ -31,6 +31,13 @@ namespace stn {
 enum class Interpolation : int64_t { Bilinear = 0, Nearest = 1, Bicubic = 2 };
 enum class Padding : int64_t { Zeros = 0, Border = 1, Reflection = 2 };
 
+// The options of grid_sample, as the kernels receive them.
+struct Sampling {
+  Interpolation interpolation;
+  Padding padding;
+  bool align_corners;
+};
+
 namespace math {
 #ifdef __CUDA_ARCH__
 template <typename T> __device__ inline T floor(T x) { return ::floor(x); }
@@ -213,6 +220,31 @@ STN_HD Corners<T, index_t> corners(const Bilinear<T, index_t>& b, const Plane<in
 STN_UNROLL
   for (int k = 0; k < 4; ++k) c.weight[k] = b.wx[k & 1] * b.wy[k >> 1];
   return c;
+}
+
+// mode="nearest": the neighbour nearest to the point, rounding halves to even
+// as nearbyint does, with the whole weight. x - x0 is exact, so this is
+// nearbyint(x) to the bit.
+template <typename T, typename index_t>
+STN_HD Corners<T, index_t> nearest_corner(const Bilinear<T, index_t>& b,
+                                          const Plane<index_t>& plane) {
+  auto round = [](index_t i0, T frac) -> index_t {
+    return i0 + (frac > T(0.5) || (frac == T(0.5) && (i0 & 1)));
+  };
+  const index_t x = round(b.x0, b.wx[1]), y = round(b.y0, b.wy[1]);
+  Corners<T, index_t> c;
+  c.base = y * plane.sH + x * plane.sW;
+  c.inside = in_range(x, plane.W) & in_range(y, plane.H);
+  c.weight[0] = T(1);
+  c.weight[1] = c.weight[2] = c.weight[3] = T(0);
+  return c;
+}
+
+// The neighbours a point reads in the given mode (bilinear or nearest).
+template <typename T, typename index_t>
+STN_HD Corners<T, index_t> corners(const Bilinear<T, index_t>& b, const Plane<index_t>& plane,
+                                   Interpolation interpolation) {
+  return interpolation == Interpolation::Nearest ? nearest_corner(b, plane) : corners(b, plane);
 }
 
 // A strided (N, C, H, W) view of a tensor's storage.

@@ -22,9 +22,9 @@ def _mode_codes(fn: str, mode: str, padding_mode: str):
     if mode not in _MODES:
         raise ValueError(
             f"stn_cuda.{fn}(): expected mode to be 'bilinear', 'nearest' or 'bicubic', got {mode!r}")
-    if mode != "bilinear":
+    if mode == "bicubic":
         raise NotImplementedError(
-            f"stn_cuda.{fn}(): mode={mode!r} is not implemented yet; only 'bilinear' is")
+            f"stn_cuda.{fn}(): mode='bicubic' is not implemented yet; 'bilinear' and 'nearest' are")
     if padding_mode not in _PADDING_MODES:
         raise ValueError(
             f"stn_cuda.{fn}(): expected padding_mode to be 'zeros', 'border' or 'reflection', "

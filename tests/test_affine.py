@@ -73,6 +73,16 @@ def test_affine_sample_matches_composition(device, padding_mode, align_corners, 
                                            align_corners=align_corners), (input, theta))
 
 
+def test_affine_sample_nearest_matches_composition(device, padding_mode, align_corners):
+    input, theta = make((2, 3, 9, 7, 6, 8), device, 0.4)
+    check_against(
+        functools.partial(stn_cuda.affine_sample, out_size=(6, 8), mode="nearest",
+                          padding_mode=padding_mode, align_corners=align_corners),
+        lambda x, t: F.grid_sample(x, F.affine_grid(t, (2, 3, 6, 8), align_corners=align_corners),
+                                   mode="nearest", padding_mode=padding_mode, align_corners=align_corners),
+        (input, theta))
+
+
 def test_affine_sample_out_size_defaults_to_input(device):
     input, theta = make((2, 3, 6, 7, 6, 7), device, 0.3)
     out = stn_cuda.affine_sample(input, theta)

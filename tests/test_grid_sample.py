@@ -14,12 +14,13 @@ SHAPES = [(2, 3, 7, 5, 4, 6), (1, 1, 1, 1, 3, 3), (3, 2, 13, 1, 5, 7), (1, 4, 1,
           (2, 5, 11, 13, 1, 1), (1, 1, 31, 37, 29, 23)]
 
 
-def ours(padding_mode, align_corners):
-    return functools.partial(stn_cuda.grid_sample, padding_mode=padding_mode, align_corners=align_corners)
+def ours(padding_mode, align_corners, mode="bilinear"):
+    return functools.partial(stn_cuda.grid_sample, mode=mode, padding_mode=padding_mode,
+                             align_corners=align_corners)
 
 
-def theirs(padding_mode, align_corners):
-    return functools.partial(F.grid_sample, mode="bilinear", padding_mode=padding_mode,
+def theirs(padding_mode, align_corners, mode="bilinear"):
+    return functools.partial(F.grid_sample, mode=mode, padding_mode=padding_mode,
                              align_corners=align_corners)
 
 
@@ -34,6 +35,24 @@ def make(shape, device, dtype=torch.float64, spread=1.5):
 def test_matches_torch(shape, device, padding_mode, align_corners):
     input, grid = make(shape, device)
     check_against(ours(padding_mode, align_corners), theirs(padding_mode, align_corners), (input, grid))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_nearest_matches_torch(shape, device, padding_mode, align_corners):
+    input, grid = make(shape, device)
+    check_against(ours(padding_mode, align_corners, "nearest"),
+                  theirs(padding_mode, align_corners, "nearest"), (input, grid))
+
+
+def test_nearest_rounds_halves_to_even(device, align_corners):
+    # Points exactly halfway between pixels, where the rounding rule decides.
+    w = 6
+    half = (torch.arange(-2, 2 * w + 2) + 0.5) / 2  # pixel positions 0.25 apart, halves included
+    xs = (half * 2 + 1) / w - 1 if not align_corners else half * 2 / (w - 1) - 1
+    grid = torch.stack([xs, torch.zeros_like(xs)], -1).double()[None, None].to(device)
+    input = torch.randn(1, 3, 1, w, dtype=torch.float64, device=device)
+    check_against(ours("zeros", align_corners, "nearest"), theirs("zeros", align_corners, "nearest"),
+                  (input.requires_grad_(), grid.requires_grad_()))
 
 
 def test_far_out_of_range(device, padding_mode, align_corners):
@@ -229,7 +248,7 @@ BAD_CALLS = [
     ("unknown padding", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), padding_mode="wrap"), ValueError, "padding_mode"),
     ("empty spatial input", lambda: stn_cuda.grid_sample(_x(1, 3, 0, 4), _x(1, 2, 2, 2)), ValueError, "spatial"),
     ("not a tensor", lambda: stn_cuda.grid_sample([[1.0]], _x(1, 2, 2, 2)), TypeError, "input"),
-    ("nearest not yet", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), mode="nearest"), NotImplementedError, "nearest"),
+    ("bicubic not yet", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), mode="bicubic"), NotImplementedError, "bicubic"),
     ("raw op bad padding", lambda: torch.ops.stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), 0, 7, False), ValueError, "padding_mode"),
 ]
 

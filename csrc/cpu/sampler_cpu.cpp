@@ -25,20 +25,28 @@ namespace {
 constexpr int kRun = 64;               // points per run
 constexpr int64_t kGrainSize = 32768;  // work per parallel task, as ATen's GRAIN_SIZE
 
-// Call f(padding, align_corners) with both as compile-time constants, so that
-// the loop over points has no branches.
+// Call f(interpolation, padding, align_corners) with all three as compile-time
+// constants, so that the loop over points has no branches.
 template <typename F>
-void with_modes(Padding padding, bool align_corners, F&& f) {
-  auto with_align = [&](auto padding) {
-    if (align_corners) return f(padding, std::true_type{});
-    return f(padding, std::false_type{});
+void with_modes(Sampling sampling, F&& f) {
+  auto with_align = [&](auto interpolation, auto padding) {
+    if (sampling.align_corners) return f(interpolation, padding, std::true_type{});
+    return f(interpolation, padding, std::false_type{});
   };
-  switch (padding) {
-    case Padding::Zeros: return with_align(std::integral_constant<Padding, Padding::Zeros>{});
-    case Padding::Border: return with_align(std::integral_constant<Padding, Padding::Border>{});
-    case Padding::Reflection:
-      return with_align(std::integral_constant<Padding, Padding::Reflection>{});
+  auto with_padding = [&](auto interpolation) {
+    switch (sampling.padding) {
+      case Padding::Zeros:
+        return with_align(interpolation, std::integral_constant<Padding, Padding::Zeros>{});
+      case Padding::Border:
+        return with_align(interpolation, std::integral_constant<Padding, Padding::Border>{});
+      case Padding::Reflection:
+        return with_align(interpolation, std::integral_constant<Padding, Padding::Reflection>{});
+    }
+  };
+  if (sampling.interpolation == Interpolation::Nearest) {
+    return with_padding(std::integral_constant<Interpolation, Interpolation::Nearest>{});
   }
+  return with_padding(std::integral_constant<Interpolation, Interpolation::Bilinear>{});
 }
 
 // Call f(index_t{}) with 32-bit offsets when every neighbour offset of a plane
@@ -80,8 +88,8 @@ struct Run {
 #endif
 
 // Phase 1: the points w0 .. w0 + run.size of row h, and their corners.
-template <bool kBackward, Padding P, bool kAlignCorners, typename acc_t, typename index_t,
-          typename Source>
+template <bool kBackward, Interpolation I, Padding P, bool kAlignCorners, typename acc_t,
+          typename index_t, typename Source>
 STN_VECTOR_CLONES void locate(Run<acc_t, index_t>& run, const Source& src, int64_t n, int64_t h, int64_t w0,
             const Plane<index_t> plane) {  // by value: its fields stay in registers
   for (int i = 0; i < run.size; ++i) {
@@ -92,7 +100,7 @@ STN_VECTOR_CLONES void locate(Run<acc_t, index_t>& run, const Source& src, int64
   for (int i = 0; i < run.size; ++i) {  // vectorised for zeros and border padding
     const auto b = bilinear_point<index_t>(run.gx[i], run.gy[i], plane.H, plane.W, P,
                                            kAlignCorners);
-    const auto c = corners(b, plane);
+    const auto c = corners(b, plane, I);
     run.base[i] = c.base;
     run.inside[i] = c.inside;
     for (int k = 0; k < 4; ++k) run.weight[k][i] = c.weight[k];
@@ -135,13 +143,13 @@ struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous
 
 template <typename scalar_t, typename Source>
 void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
-                    Padding padding, bool align_corners) {
+                    Sampling sampling) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto in = image_of<const scalar_t>(input);
   const auto out = image_of<scalar_t>(output);
   const int64_t row_cost = out.W * std::max<int64_t>(1, in.C);
   const int64_t grain = std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, row_cost));
-  with_modes(padding, align_corners, [&](auto P, auto kAlignCorners) {
+  with_modes(sampling, [&](auto I, auto P, auto kAlignCorners) {
     with_index_type(in, [&](auto index) {
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
@@ -151,7 +159,7 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
           const int64_t n = row / out.H, h = row % out.H;
           for (int64_t w0 = 0; w0 < out.W; w0 += kRun) {
             run.size = static_cast<int>(std::min<int64_t>(kRun, out.W - w0));
-            locate<false, P, kAlignCorners>(run, src, n, h, w0, plane);
+            locate<false, I, P, kAlignCorners>(run, src, n, h, w0, plane);
             const scalar_t* in_n = in.plane(n, 0);
             scalar_t* out_row = out.plane(n, 0) + out.offset(h, w0);
             for (int i = 0; i < run.size; ++i) {
@@ -171,15 +179,18 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
 template <typename scalar_t, typename Source, typename Sink>
 void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, const Source& src,
                      const at::Tensor& grad_input, Sink sink, bool need_grid_grad,
-                     Padding padding, bool align_corners) {
+                     Sampling sampling) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto go = image_of<const scalar_t>(grad_output);
   const auto in = image_of<const scalar_t>(input);
   const bool need_input_grad = grad_input.defined();
   const auto gi = need_input_grad ? image_of<acc_t>(grad_input) : Image<acc_t>{};
+  // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
+  const bool grid_grad_nonzero =
+      need_grid_grad && sampling.interpolation == Interpolation::Bilinear;
   // grad_input is allocated contiguous with the input's memory format, so its
   // plane strides equal the input's or (channels_last) match them too.
-  with_modes(padding, align_corners, [&](auto P, auto kAlignCorners) {
+  with_modes(sampling, [&](auto I, auto P, auto kAlignCorners) {
     with_index_type(in, [&](auto index) {
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
@@ -193,7 +204,7 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
             const scalar_t* go_row = go.plane(n, 0) + go.offset(h, 0);
             for (int64_t w0 = 0; w0 < go.W; w0 += kRun) {
               run.size = static_cast<int>(std::min<int64_t>(kRun, go.W - w0));
-              locate<true, P, kAlignCorners>(run, src, n, h, w0, plane);
+              locate<true, I, P, kAlignCorners>(run, src, n, h, w0, plane);
               for (int i = 0; i < run.size; ++i) {
                 const auto corners = run.corners(i);
                 const auto b = run.bilinear(i);
@@ -204,7 +215,7 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
                   auto add = [gi_plane](index_t offset, acc_t v) { gi_plane[offset] += v; };
                   interpolate_backward(in_n + c * in.sC,
                                        static_cast<acc_t>(go_row[w * go.sW + c * go.sC]), corners,
-                                       b, plane, need_input_grad, need_grid_grad, add, grad);
+                                       b, plane, need_input_grad, grid_grad_nonzero, add, grad);
                 }
                 if (need_grid_grad) s.add(n, h, w, {grad.x * b.dx, grad.y * b.dy});
               }
@@ -218,17 +229,16 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
 }
 
 void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
-                         const at::Tensor& output, Padding padding, bool align_corners) {
+                         const at::Tensor& output, Sampling sampling) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::grid_sample", [&] {
-    sample_forward<scalar_t>(input, tensor_grid_of<scalar_t>(grid), output, padding,
-                             align_corners);
+    sample_forward<scalar_t>(input, tensor_grid_of<scalar_t>(grid), output, sampling);
   });
 }
 
 void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                           const at::Tensor& grid, const at::Tensor& grad_input,
-                          const at::Tensor& grad_grid, Padding padding, bool align_corners) {
+                          const at::Tensor& grad_grid, Sampling sampling) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::grid_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -236,32 +246,34 @@ void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input
         grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr, grid.size(1),
         grid.size(2)};
     sample_backward<scalar_t>(grad_output, input, tensor_grid_of<scalar_t>(grid), grad_input,
-                              sink, grad_grid.defined(), padding, align_corners);
+                              sink, grad_grid.defined(), sampling);
   });
 }
 
 void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
-                           const at::Tensor& output, Padding padding, bool align_corners) {
+                           const at::Tensor& output, Sampling sampling) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto src = theta_grid_of<acc_t>(theta, output.size(2), output.size(3), align_corners);
-    sample_forward<scalar_t>(input, src, output, padding, align_corners);
+    const auto src =
+        theta_grid_of<acc_t>(theta, output.size(2), output.size(3), sampling.align_corners);
+    sample_forward<scalar_t>(input, src, output, sampling);
   });
 }
 
 void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                             const at::Tensor& theta, const at::Tensor& grad_input,
-                            const at::Tensor& grad_theta, Padding padding, bool align_corners) {
+                            const at::Tensor& grad_theta, Sampling sampling) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto src =
-        theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3), align_corners);
+        theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3),
+                             sampling.align_corners);
     const ThetaGradSink<acc_t> sink{
         grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src, {}};
     sample_backward<scalar_t>(grad_output, input, src, grad_input, sink, grad_theta.defined(),
-                              padding, align_corners);
+                              sampling);
   });
 }
 

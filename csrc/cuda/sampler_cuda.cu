@@ -106,7 +106,7 @@ struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous, zeroed
 template <typename scalar_t, typename Source>
 __global__ void __launch_bounds__(kMaxThreads)
 sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
-                      int64_t channels_per_thread, Padding padding, bool align_corners) {
+                      int64_t channels_per_thread, Sampling sampling) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
@@ -115,8 +115,9 @@ sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
     STN_FOR_EACH_POINT(out.H * out.W) {
       const int64_t h = p / out.W, w = p - h * out.W;
       const auto pt = src.template point<acc_t>(n, h, w);
-      const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, padding, align_corners);
-      const auto corner = corners(b, plane);
+      const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
+                                             sampling.align_corners);
+      const auto corner = corners(b, plane, sampling.interpolation);
       for (int64_t c = c0; c < c1; ++c) {
         out.plane(n, c)[out.offset(h, w)] =
             static_cast<scalar_t>(interpolate(in.plane(n, c), corner, plane));
@@ -129,10 +130,12 @@ template <typename scalar_t, typename Source, typename Sink>
 __global__ void __launch_bounds__(kMaxThreads)
 sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
                        Image<at::opmath_type<scalar_t>> grad_in, Source src, Sink sink,
-                       bool need_grid_grad, int64_t channels_per_thread, Padding padding,
-                       bool align_corners) {
+                       bool need_grid_grad, int64_t channels_per_thread, Sampling sampling) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool need_input_grad = grad_in.data != nullptr;
+  // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
+  const bool grid_grad_nonzero =
+      need_grid_grad && sampling.interpolation == Interpolation::Bilinear;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
   // grad_in is laid out like in (see ops.cpp), so in's offsets address it.
@@ -141,15 +144,16 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
     STN_FOR_EACH_POINT(grad_out.H * grad_out.W) {
       const int64_t h = p / grad_out.W, w = p - h * grad_out.W;
       const auto pt = src.template point<acc_t>(n, h, w);
-      const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, padding, align_corners);
-      const auto corner = corners(b, plane);
+      const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
+                                             sampling.align_corners);
+      const auto corner = corners(b, plane, sampling.interpolation);
       Point2<acc_t> g{acc_t(0), acc_t(0)};
       for (int64_t c = c0; c < c1; ++c) {
         acc_t* grad_in_plane = need_input_grad ? grad_in.plane(n, c) : nullptr;
         auto add = [&](int64_t offset, acc_t v) { atomicAdd(grad_in_plane + offset, v); };
         const acc_t go = static_cast<acc_t>(grad_out.plane(n, c)[grad_out.offset(h, w)]);
         interpolate_backward(in.plane(n, c), go, corner, b, plane, need_input_grad,
-                             need_grid_grad, add, g);
+                             grid_grad_nonzero, add, g);
       }
       if (need_grid_grad) sink.add(n, h, w, {g.x * b.dx, g.y * b.dy});
     }
@@ -191,11 +195,11 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 template <typename scalar_t, typename Source>
 void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
-                    Padding padding, bool align_corners) {
+                    Sampling sampling) {
   const auto plan = plan_launch(output.size(0), output.size(1), output.size(2) * output.size(3));
   sample_forward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
       image_of<const scalar_t>(input), image_of<scalar_t>(output), src,
-      plan.channels_per_thread, padding, align_corners);
+      plan.channels_per_thread, sampling);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -203,8 +207,8 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
 // per-block reduction gives; grad_grid needs atomics once channels are split.
 template <typename scalar_t, typename Source, typename MakeSink>
 void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, const Source& src,
-                     const at::Tensor& grad_input, bool need_grid_grad, Padding padding,
-                     bool align_corners, MakeSink make_sink) {
+                     const at::Tensor& grad_input, bool need_grid_grad, Sampling sampling,
+                     MakeSink make_sink) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto plan =
       plan_launch(grad_output.size(0), grad_output.size(1), grad_output.size(2) * grad_output.size(3));
@@ -212,22 +216,21 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   sample_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
       image_of<const scalar_t>(grad_output), image_of<const scalar_t>(input),
       grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
-      need_grid_grad, plan.channels_per_thread, padding, align_corners);
+      need_grid_grad, plan.channels_per_thread, sampling);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
-                         const at::Tensor& output, Padding padding, bool align_corners) {
+                         const at::Tensor& output, Sampling sampling) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::grid_sample", [&] {
-    sample_forward<scalar_t>(input, tensor_grid_of<scalar_t>(grid), output, padding,
-                             align_corners);
+    sample_forward<scalar_t>(input, tensor_grid_of<scalar_t>(grid), output, sampling);
   });
 }
 
 void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                           const at::Tensor& grid, const at::Tensor& grad_input,
-                          const at::Tensor& grad_grid, Padding padding, bool align_corners) {
+                          const at::Tensor& grad_grid, Sampling sampling) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::grid_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -239,34 +242,36 @@ void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input
                                  grid.size(1), grid.size(2), split_channels};
     };
     sample_backward<scalar_t>(grad_output, input, tensor_grid_of<scalar_t>(grid), grad_input,
-                              grad_grid.defined(), padding, align_corners, make_sink);
+                              grad_grid.defined(), sampling, make_sink);
   });
 }
 
 void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
-                           const at::Tensor& output, Padding padding, bool align_corners) {
+                           const at::Tensor& output, Sampling sampling) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto src = theta_grid_of<acc_t>(theta, output.size(2), output.size(3), align_corners);
-    sample_forward<scalar_t>(input, src, output, padding, align_corners);
+    const auto src =
+        theta_grid_of<acc_t>(theta, output.size(2), output.size(3), sampling.align_corners);
+    sample_forward<scalar_t>(input, src, output, sampling);
   });
 }
 
 void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                             const at::Tensor& theta, const at::Tensor& grad_input,
-                            const at::Tensor& grad_theta, Padding padding, bool align_corners) {
+                            const at::Tensor& grad_theta, Sampling sampling) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto src =
-        theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3), align_corners);
+        theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3),
+                             sampling.align_corners);
     auto make_sink = [&](bool) {
       return ThetaGradSink<acc_t>{
           grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src, {}};
     };
     sample_backward<scalar_t>(grad_output, input, src, grad_input, grad_theta.defined(),
-                              padding, align_corners, make_sink);
+                              sampling, make_sink);
   });
 }
 
