@@ -78,6 +78,35 @@ struct Run {
   }
 };
 
+// The source coordinates of a run's points: from the grid tensor (a contiguous
+// grid's loop is a plain, vectorised deinterleave) or generated from theta.
+template <typename acc_t, typename index_t, typename scalar_t>
+void load_points(Run<acc_t, index_t>& run, const TensorGrid<scalar_t>& grid, int64_t n,
+                 int64_t h, int64_t w0) {
+  const scalar_t* p = grid.data + n * grid.sN + h * grid.sH + w0 * grid.sW;
+  if (grid.sW == 2 && grid.sXY == 1) {
+    for (int i = 0; i < run.size; ++i) {
+      run.gx[i] = static_cast<acc_t>(p[2 * i]);
+      run.gy[i] = static_cast<acc_t>(p[2 * i + 1]);
+    }
+    return;
+  }
+  for (int i = 0; i < run.size; ++i) {
+    run.gx[i] = static_cast<acc_t>(p[i * grid.sW]);
+    run.gy[i] = static_cast<acc_t>(p[i * grid.sW + grid.sXY]);
+  }
+}
+
+template <typename acc_t, typename index_t>
+void load_points(Run<acc_t, index_t>& run, const ThetaGrid<acc_t>& theta, int64_t n, int64_t h,
+                 int64_t w0) {
+  for (int i = 0; i < run.size; ++i) {
+    const auto pt = theta.template point<acc_t>(n, h, w0 + i);
+    run.gx[i] = pt.x;
+    run.gy[i] = pt.y;
+  }
+}
+
 // Phase 1 is built twice, for AVX2 and for the baseline x86-64, and the loader
 // picks the one the CPU runs (GCC function multi-versioning). Not FMA: that
 // would change the rounding, which follows ATen's.
@@ -92,11 +121,7 @@ template <bool kBackward, Interpolation I, Padding P, bool kAlignCorners, typena
           typename index_t, typename Source>
 STN_VECTOR_CLONES void locate(Run<acc_t, index_t>& run, const Source& src, int64_t n, int64_t h, int64_t w0,
             const Plane<index_t> plane) {  // by value: its fields stay in registers
-  for (int i = 0; i < run.size; ++i) {
-    const auto pt = src.template point<acc_t>(n, h, w0 + i);
-    run.gx[i] = pt.x;
-    run.gy[i] = pt.y;
-  }
+  load_points(run, src, n, h, w0);
   for (int i = 0; i < run.size; ++i) {  // vectorised for zeros and border padding
     const auto b = bilinear_point<index_t>(run.gx[i], run.gy[i], plane.H, plane.W, P,
                                            kAlignCorners);
