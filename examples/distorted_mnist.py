@@ -18,7 +18,7 @@ initial classifier weights, batches, distortions, optimiser and number of
 steps. The error reported is the test error after the last epoch (no model
 selection on the test set).
 
-    python examples/distorted_mnist.py --out runs/mnist            # ~10 min on 2 CPU cores
+    python examples/distorted_mnist.py --out runs/mnist            # ~10 min on one CPU core
     python examples/distorted_mnist.py --out /tmp/mnist --quick    # smoke run, < 1 min
 
 Writes into --out: metrics.json, table.md, transforms.png, curves.png.
@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -253,9 +254,13 @@ def plot_curves(path, metrics):
             axes[0, c].plot(epochs, hist["train_loss"], marker=".", label=MODEL_NAMES[model])
             axes[1, c].plot(epochs, hist["test_error"], marker=".", label=MODEL_NAMES[model])
         axes[0, c].set_title(d)
-        axes[0, c].set_yscale("log")
-        axes[1, c].set_yscale("log")
         axes[1, c].set_xlabel("epoch")
+        for ax in axes[:, c]:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        lowest = min(min(metrics["history"][m][d]["test_error"]) for m in MODELS)
+        axes[1, c].set_yticks([t for t in (1, 2, 5, 10, 20, 50, 100) if t > lowest / 2])
     axes[0, 0].set_ylabel("training loss")
     axes[1, 0].set_ylabel("test error (%)")
     axes[0, 0].legend()
