@@ -5,15 +5,20 @@ predicts an affine theta, a grid generator (affine_grid) and a sampler
 (grid_sample). stn_cuda provides the last two as CUDA and C++ kernels with the
 semantics of torch.nn.functional, a fused affine_sample that never materialises
 the grid, and the SpatialTransformer module.
+
+The ops work with torch.compile (fullgraph) and torch.autocast, and patch_torch()
+routes torch.nn.functional.grid_sample / affine_grid to them.
 """
 import torch  # noqa: F401  (loads libtorch, which the extension links against)
 
 from . import _C
 from .functional import affine_grid, affine_sample, grid_sample
 from .modules import SpatialTransformer
+from .patch import patch_torch, patched_torch, unpatch_torch
 
 __version__ = "0.1.0"
-__all__ = ["grid_sample", "affine_grid", "affine_sample", "SpatialTransformer", "built_with_cuda"]
+__all__ = ["grid_sample", "affine_grid", "affine_sample", "SpatialTransformer", "built_with_cuda",
+           "patch_torch", "unpatch_torch", "patched_torch"]
 
 
 def built_with_cuda() -> bool:

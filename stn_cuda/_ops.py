@@ -1,7 +1,7 @@
 """What the dispatcher cannot know about stn_cuda's C++ ops: their fake (meta)
 kernels, for torch.compile and shape propagation, and their autograd formulas.
 
-The ops themselves (schemas, checks, CPU and CUDA kernels) are in csrc/.
+The ops themselves (schemas, checks, CPU and CUDA kernels, autocast casts) are in csrc/.
 """
 import torch
 

@@ -10,6 +10,10 @@ import torch  # noqa: E402
 
 import stn_cuda  # noqa: E402
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes seconds (run by default; deselect with -m 'not slow')")
+
+
 HAS_CUDA = torch.cuda.is_available() and stn_cuda.built_with_cuda()
 NO_CUDA_REASON = ("no CUDA device visible" if not torch.cuda.is_available()
                   else "stn_cuda was built without its CUDA kernels")

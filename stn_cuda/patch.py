@@ -1,0 +1,110 @@
+"""Route torch.nn.functional.grid_sample and affine_grid to stn_cuda, so that code
+written against torch (kornia, torchvision, your own) uses stn_cuda unchanged.
+
+Only the attributes of torch.nn.functional are replaced: code that bound the
+functions before patching (``from torch.nn.functional import grid_sample``) keeps
+torch's. A call goes to stn_cuda when stn_cuda computes exactly what torch would,
+and to torch's function otherwise: other modes, 5-D, tensor subclasses, anything
+torch would reject or warn about, so its errors and warnings stay torch's.
+"""
+import contextlib
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from . import _C, functional
+
+__all__ = ["patch_torch", "unpatch_torch", "patched_torch"]
+
+# Plain tensors only: subclasses (DTensor, ...) go to torch, which knows them.
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+_DEVICE_TYPES = ("cpu", "cuda") if _C.built_with_cuda else ("cpu",)
+_PADDING_MODES = ("zeros", "border", "reflection")
+_originals = {}  # name -> the torch.nn.functional attribute that patch_torch() replaced
+
+
+def _supported(*tensors) -> bool:
+    """Plain, dense, floating tensors, on one device that stn_cuda has kernels for."""
+    return (all(type(t) in _TENSOR_TYPES and t.layout == torch.strided and t.is_floating_point()
+                and t.device.type in _DEVICE_TYPES for t in tensors)
+            and len({t.device for t in tensors}) == 1)
+
+
+def _same_dtype(input, grid) -> bool:
+    """torch's grid_sample needs equal dtypes, but under autocast it casts them first,
+    and so does stn_cuda's (csrc/autocast.cpp); neither casts float64."""
+    return input.dtype == grid.dtype or (torch.is_autocast_enabled(input.device.type)
+                                         and torch.float64 not in (input.dtype, grid.dtype))
+
+
+def _grid_sample_supported(input, grid, mode, padding_mode, align_corners) -> bool:
+    return (mode == "bilinear" and padding_mode in _PADDING_MODES and align_corners is not None
+            and _supported(input, grid) and _same_dtype(input, grid)
+            and input.dim() == 4 and grid.dim() == 4 and grid.shape[3] == 2
+            and grid.shape[0] == input.shape[0] and input.shape[2] > 0 and input.shape[3] > 0)
+
+
+def _affine_grid_supported(theta, size, align_corners) -> bool:
+    return (align_corners is not None and _supported(theta)
+            and theta.dim() == 3 and theta.shape[1:] == (2, 3)
+            and len(size) == 4 and size[0] == theta.shape[0] and min(size) > 0
+            # torch warns about unit-size grids with align_corners=True
+            and not (align_corners and min(size[2:]) == 1))
+
+
+def _route_grid_sample(torch_grid_sample):
+    @functools.wraps(torch_grid_sample)
+    def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=None):
+        if _grid_sample_supported(input, grid, mode, padding_mode, align_corners):
+            return functional.grid_sample(input, grid, mode, padding_mode, align_corners)
+        return torch_grid_sample(input, grid, mode, padding_mode, align_corners)
+    return grid_sample
+
+
+def _route_affine_grid(torch_affine_grid):
+    @functools.wraps(torch_affine_grid)
+    def affine_grid(theta, size, align_corners=None):
+        if _affine_grid_supported(theta, size, align_corners):
+            return functional.affine_grid(theta, size, align_corners)
+        return torch_affine_grid(theta, size, align_corners)
+    return affine_grid
+
+
+_ROUTES = {"grid_sample": _route_grid_sample, "affine_grid": _route_affine_grid}
+
+
+def patch_torch() -> None:
+    """Make torch.nn.functional.grid_sample and affine_grid use stn_cuda for the
+    calls it supports (4-D, bilinear, floating CPU or CUDA tensors), falling back
+    to torch's functions for all others. Idempotent; undone by unpatch_torch().
+
+    Code that bound the functions before the call (``from torch.nn.functional
+    import grid_sample``) keeps torch's.
+    """
+    if _originals:
+        return
+    for name, route in _ROUTES.items():
+        _originals[name] = getattr(F, name)
+        setattr(F, name, route(_originals[name]))
+
+
+def unpatch_torch() -> None:
+    """Restore the torch.nn.functional functions that patch_torch() replaced.
+    Idempotent."""
+    while _originals:
+        name, original = _originals.popitem()
+        setattr(F, name, original)
+
+
+@contextlib.contextmanager
+def patched_torch():
+    """patch_torch() for the duration of a with block; on exit, torch.nn.functional
+    is as it was on entry (still patched if it was already)."""
+    was_patched = bool(_originals)
+    patch_torch()
+    try:
+        yield
+    finally:
+        if not was_patched:
+            unpatch_torch()
