@@ -137,14 +137,15 @@ def _unpatched():
     stn_cuda.unpatch_torch()  # whatever a test does, the next one starts from torch's functions
 
 
-def test_patched_torch_routes_to_stn_cuda(device, padding_mode, align_corners):
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_patched_torch_routes_to_stn_cuda(device, mode, padding_mode, align_corners):
     input, grid, theta = sampler_inputs(device)
     size = (2, 3, 4, 5)
     with stn_cuda.patched_torch(), Ops() as ops:
-        sampled = F.grid_sample(input, grid, padding_mode=padding_mode, align_corners=align_corners)
+        sampled = F.grid_sample(input, grid, mode, padding_mode, align_corners)
         generated = F.affine_grid(theta, size, align_corners=align_corners)
     assert ops.namespaces == {"stn_cuda"}
-    assert torch.equal(sampled, stn_cuda.grid_sample(input, grid, "bilinear", padding_mode, align_corners))
+    assert torch.equal(sampled, stn_cuda.grid_sample(input, grid, mode, padding_mode, align_corners))
     assert torch.equal(generated, stn_cuda.affine_grid(theta, size, align_corners))
 
 
@@ -164,7 +165,6 @@ def _5d(x):
 
 
 FALLBACKS = {  # (input, grid, theta) -> a call stn_cuda leaves to torch
-    "nearest": lambda x, g, t: F.grid_sample(x, g, mode="nearest", align_corners=False),
     "bicubic": lambda x, g, t: F.grid_sample(x, g, mode="bicubic", align_corners=True),
     "5-D": lambda x, g, t: F.grid_sample(_5d(x), _5d(torch.cat([g, g[..., :1]], -1)), align_corners=False),
     "align_corners=None": lambda x, g, t: F.grid_sample(x, g),  # torch warns
