@@ -16,6 +16,7 @@
 
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "../kernels.h"
 
@@ -97,9 +98,29 @@ void load_points(Run<acc_t, index_t>& run, const TensorGrid<scalar_t>& grid, int
   }
 }
 
+// theta's grid with the target coordinate of every column and row computed once
+// per call (target_coordinate divides twice) and then looked up.
+template <typename acc_t>
+struct TabulatedThetaGrid {
+  const acc_t* theta;
+  std::vector<acc_t> xs, ys;
+
+  explicit TabulatedThetaGrid(const ThetaGrid<acc_t>& grid)
+      : theta(grid.theta), xs(grid.W_out), ys(grid.H_out) {
+    for (int64_t w = 0; w < grid.W_out; ++w) xs[w] = grid.xt(w);
+    for (int64_t h = 0; h < grid.H_out; ++h) ys[h] = grid.yt(h);
+  }
+  acc_t xt(int64_t w) const { return xs[w]; }
+  acc_t yt(int64_t h) const { return ys[h]; }
+  template <typename T>
+  Point2<T> point(int64_t n, int64_t h, int64_t w) const {
+    return apply_affine<acc_t>(theta + 6 * n, xs[w], ys[h]);
+  }
+};
+
 template <typename acc_t, typename index_t>
-void load_points(Run<acc_t, index_t>& run, const ThetaGrid<acc_t>& theta, int64_t n, int64_t h,
-                 int64_t w0) {
+void load_points(Run<acc_t, index_t>& run, const TabulatedThetaGrid<acc_t>& theta, int64_t n,
+                 int64_t h, int64_t w0) {
   for (int i = 0; i < run.size; ++i) {
     const auto pt = theta.template point<acc_t>(n, h, w0 + i);
     run.gx[i] = pt.x;
@@ -173,9 +194,11 @@ struct GridGradSink {  // grad_grid (N, H_out, W_out, 2), contiguous
 template <typename acc_t>
 struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous
   acc_t* data;
-  ThetaGrid<acc_t> src;
+  const TabulatedThetaGrid<acc_t>* grid;
   ThetaGradSum<acc_t> sum;
-  void add(int64_t, int64_t h, int64_t w, Point2<acc_t> g) { sum.add(src.xt(w), src.yt(h), g); }
+  void add(int64_t, int64_t h, int64_t w, Point2<acc_t> g) {
+    sum.add(grid->xt(w), grid->yt(h), g);
+  }
   void finish(int64_t n) {
     for (int k = 0; k < 6; ++k) data[6 * n + k] = sum.v[k];
     sum = {};
@@ -289,8 +312,8 @@ void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto src =
-        theta_grid_of<acc_t>(theta, output.size(2), output.size(3), sampling.align_corners);
+    const TabulatedThetaGrid<acc_t> src(
+        theta_grid_of<acc_t>(theta, output.size(2), output.size(3), sampling.align_corners));
     sample_forward<scalar_t>(input, src, output, sampling);
   });
 }
@@ -301,11 +324,10 @@ void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& inp
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto src =
-        theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3),
-                             sampling.align_corners);
+    const TabulatedThetaGrid<acc_t> src(theta_grid_of<acc_t>(
+        theta, grad_output.size(2), grad_output.size(3), sampling.align_corners));
     const ThetaGradSink<acc_t> sink{
-        grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src, {}};
+        grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, &src, {}};
     sample_backward<scalar_t>(grad_output, input, src, grad_input, sink, grad_theta.defined(),
                               sampling);
   });
@@ -316,7 +338,7 @@ void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool a
                                   "stn_cuda::affine_grid", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t N = grid.size(0), H = grid.size(1), W = grid.size(2);
-    const auto src = theta_grid_of<acc_t>(theta, H, W, align_corners);
+    const TabulatedThetaGrid<acc_t> src(theta_grid_of<acc_t>(theta, H, W, align_corners));
     scalar_t* out = grid.data_ptr<scalar_t>();
     at::parallel_for(0, N * H, std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, W)),
                      [&](int64_t begin, int64_t end) {
@@ -338,8 +360,8 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t N = grad_grid.size(0), H = grad_grid.size(1), W = grad_grid.size(2);
     const auto gg = tensor_grid_of<scalar_t>(grad_grid);
-    const ThetaGradSink<acc_t> sink{grad_theta.data_ptr<acc_t>(),
-                                    ThetaGrid<acc_t>{nullptr, H, W, align_corners}, {}};
+    const TabulatedThetaGrid<acc_t> targets(ThetaGrid<acc_t>{nullptr, H, W, align_corners});
+    const ThetaGradSink<acc_t> sink{grad_theta.data_ptr<acc_t>(), &targets, {}};
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
       ThetaGradSink<acc_t> s = sink;
       for (int64_t n = n0; n < n1; ++n) {
