@@ -2,7 +2,6 @@
 family) and speedup.png (stn_cuda's speedup over the fastest torch implementation,
 per workload)."""
 import json
-import math
 from pathlib import Path
 from typing import Dict, List
 
@@ -10,7 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
 from .impls import CANDIDATE, FAMILIES, family  # noqa: E402
 from .workloads import DIRECTIONS  # noqa: E402
@@ -106,6 +105,11 @@ def markdown(meta: dict, rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ratio_label(x, _position=None) -> str:
+    """2×, 1×, 1/4× rather than 0.25×."""
+    return f"{x:g}×" if x >= 1 else f"1/{1 / x:g}×"
+
+
 def plot_speedup(path: Path, meta: dict, rows: List[dict]):
     """One panel per family and direction, a bar per workload and dtype: stn_cuda's speedup
     over the fastest torch implementation, drawn from 1 on a log scale (green: faster)."""
@@ -118,7 +122,9 @@ def plot_speedup(path: Path, meta: dict, rows: List[dict]):
     families = [f for f in FAMILIES if any(speedups(f, d) for d in directions)]
     labels = {f: list(dict.fromkeys(k for d in directions for k in speedups(f, d))) for f in families}
     values = [v for f in families for d in directions for v in speedups(f, d).values() if v]
-    reach = max([abs(math.log2(v)) for v in values] + [1.0]) * 1.35
+    # The data's range with room for the labels, 1/2x..2x at least, and ticks at powers of 2
+    # that are few enough to read.
+    low, high = min(values + [0.5]) / 1.6, max(values + [2.0]) * 2.2
     fig, axes = plt.subplots(
         max(len(families), 1), max(len(directions), 1), squeeze=False, sharey="row",
         figsize=(4.4 * max(len(directions), 1), 1.4 + sum(0.3 * len(labels[f]) + 0.8 for f in families)),
@@ -135,8 +141,9 @@ def plot_speedup(path: Path, meta: dict, rows: List[dict]):
                             ha="left" if x >= 1 else "right", va="center", fontsize=7)
             ax.axvline(1, color="black", linewidth=0.8)
             ax.set_xscale("log", base=2)
-            ax.set_xlim(2 ** -reach, 2 ** reach)
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}×"))
+            ax.set_xlim(low, high)
+            ax.xaxis.set_major_locator(LogLocator(base=2, numticks=6))
+            ax.xaxis.set_major_formatter(FuncFormatter(_ratio_label))
             ax.grid(axis="x", alpha=0.3)
             ax.set_title(f"{_candidate(family_name)}, {direction}", fontsize=9)
             ax.set_yticks(range(len(labels[family_name])), labels[family_name], fontsize=8)
