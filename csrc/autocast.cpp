@@ -22,12 +22,12 @@ Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolatio
   return op.call(input, grid, interpolation_mode, padding_mode, align_corners);
 }
 
-Tensor affine_sample(const Tensor& input, const Tensor& theta, int64_t height, int64_t width,
+Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef out_size,
                      int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("stn_cuda::affine_sample", "")
                              .typed<decltype(affine_sample)>();
-  return op.call(input, theta, height, width, interpolation_mode, padding_mode, align_corners);
+  return op.call(input, theta, out_size, interpolation_mode, padding_mode, align_corners);
 }
 
 template <CastPolicy policy, c10::DeviceType device, class Op, Op* op>

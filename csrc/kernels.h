@@ -35,6 +35,13 @@ const Kernels& cpu_kernels();
 const Kernels& cuda_kernels();
 #endif
 
+// The same ops on volumes: input (N, C, D, H, W), grid (N, D_out, H_out, W_out,
+// 3), theta (N, 3, 4) (cpu/volume_cpu.cpp, cuda/volume_cuda.cu).
+const Kernels& cpu_volume_kernels();
+#ifdef STN_WITH_CUDA
+const Kernels& cuda_volume_kernels();
+#endif
+
 // Host-side views of tensors for the kernels in sampler_math.h.
 template <typename scalar_t>
 Image<scalar_t> image_of(const at::Tensor& t) {
@@ -53,6 +60,29 @@ template <typename acc_t>
 ThetaGrid<acc_t> theta_grid_of(const at::Tensor& theta, int64_t H_out, int64_t W_out,
                                bool align_corners) {
   return {static_cast<const acc_t*>(theta.data_ptr()), H_out, W_out, align_corners};
+}
+
+// Host-side views of 5-D tensors, for the volume kernels.
+template <typename scalar_t>
+Image3<scalar_t> image3_of(const at::Tensor& t) {
+  return {static_cast<scalar_t*>(t.data_ptr()),
+          t.size(0), t.size(1), t.size(2), t.size(3), t.size(4),
+          t.stride(0), t.stride(1), t.stride(2), t.stride(3), t.stride(4)};
+}
+
+template <typename scalar_t>
+TensorGrid3<scalar_t> tensor_grid3_of(const at::Tensor& grid) {
+  return {static_cast<const scalar_t*>(grid.data_ptr()),
+          grid.stride(0), grid.stride(1), grid.stride(2), grid.stride(3), grid.stride(4)};
+}
+
+// theta may be undefined where only the target coordinates are needed.
+// out_size: (D_out, H_out, W_out).
+template <typename acc_t>
+ThetaGrid3<acc_t> theta_grid3_of(const at::Tensor& theta, at::IntArrayRef out_size,
+                                 bool align_corners) {
+  return {theta.defined() ? static_cast<const acc_t*>(theta.data_ptr()) : nullptr, out_size[0],
+          out_size[1], out_size[2], align_corners};
 }
 
 }  // namespace stn

@@ -11,6 +11,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 
@@ -63,43 +64,73 @@ void check_same(const char* op, const char* name, const Tensor& t, const char* o
                    other.scalar_type());
 }
 
+// Images (4-D input, 2 spatial dimensions) and volumes (5-D input, 3): the
+// number of spatial dimensions follows the input (affine_grid: its size).
+int64_t spatial_dims(const Tensor& input) {
+  return input.defined() && input.dim() == 5 ? 3 : 2;
+}
+
+bool all_positive(at::IntArrayRef sizes) {
+  return std::all_of(sizes.begin(), sizes.end(), [](int64_t s) { return s > 0; });
+}
+
 void check_input(const char* op, const Tensor& input) {
-  check_tensor(op, "input", input, 4, "(N, C, H_in, W_in)");
-  TORCH_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0, op,
+  // 5-D passes as a volume; anything else must be 4-D.
+  check_tensor(op, "input", input, spatial_dims(input) + 2,
+               "(N, C, H_in, W_in) or 5-D (N, C, D_in, H_in, W_in)");
+  TORCH_CHECK_VALUE(all_positive(input.sizes().slice(2)), op,
                     ": expected input to have non-empty spatial dimensions, got shape ",
                     input.sizes());
 }
 
 void check_grid(const char* op, const Tensor& input, const Tensor& grid) {
   check_input(op, input);
-  check_tensor(op, "grid", grid, 4, "(N, H_out, W_out, 2)");
-  TORCH_CHECK_VALUE(grid.size(3) == 2, op,
-                    ": expected grid to have size 2 in its last dimension (x, y), got shape ",
-                    grid.sizes());
+  const int64_t dims = spatial_dims(input);
+  check_tensor(op, "grid", grid, dims + 2,
+               dims == 3 ? "(N, D_out, H_out, W_out, 3) for a 5-D input"
+                         : "(N, H_out, W_out, 2) for a 4-D input");
+  TORCH_CHECK_VALUE(grid.size(dims + 1) == dims, op, ": expected grid to have size ", dims,
+                    " in its last dimension (", dims == 3 ? "x, y, z" : "x, y",
+                    ") for a ", dims + 2, "-D input, got shape ", grid.sizes());
   TORCH_CHECK_VALUE(grid.size(0) == input.size(0), op,
                     ": expected input and grid to have the same batch size, got input shape ",
                     input.sizes(), " and grid shape ", grid.sizes());
   check_same(op, "grid", grid, "input", input);
 }
 
-void check_theta(const char* op, const Tensor& theta, int64_t N) {
-  check_tensor(op, "theta", theta, 3, "(N, 2, 3)");
-  TORCH_CHECK_VALUE(theta.size(1) == 2 && theta.size(2) == 3, op,
-                    ": expected theta of shape (N, 2, 3), got ", theta.sizes());
+// theta: (N, 2, 3) for images, (N, 3, 4) for volumes; `context` says which.
+void check_theta(const char* op, const Tensor& theta, int64_t N, int64_t dims,
+                 const char* context) {
+  const char* layout = dims == 3 ? "(N, 3, 4)" : "(N, 2, 3)";
+  check_tensor(op, "theta", theta, 3, layout);
+  TORCH_CHECK_VALUE(theta.size(1) == dims && theta.size(2) == dims + 1, op,
+                    ": expected theta of shape ", layout, " ", context, ", got ", theta.sizes());
   TORCH_CHECK_VALUE(theta.size(0) == N, op, ": expected theta to have batch size ", N,
                     ", got theta shape ", theta.sizes());
 }
 
-void check_out_size(const char* op, int64_t height, int64_t width) {
-  TORCH_CHECK_VALUE(height > 0 && width > 0, op,
-                    ": expected a positive output size (H_out, W_out), got (", height, ", ",
-                    width, ")");
+// The output's spatial size: (H_out, W_out) or (D_out, H_out, W_out).
+void check_out_size(const char* op, const char* name, at::IntArrayRef size, int64_t dims) {
+  TORCH_CHECK_VALUE(static_cast<int64_t>(size.size()) == dims, op, ": expected ", name, " to be ",
+                    dims == 3 ? "(D_out, H_out, W_out) for a 5-D input"
+                              : "(H_out, W_out) for a 4-D input",
+                    ", got ", size);
+  TORCH_CHECK_VALUE(all_positive(size), op, ": expected a positive output size ", name, ", got ",
+                    size);
+}
+
+// (N, C) followed by the output's spatial size.
+std::vector<int64_t> output_sizes(const Tensor& input, at::IntArrayRef out_size) {
+  std::vector<int64_t> sizes{input.size(0), input.size(1)};
+  sizes.insert(sizes.end(), out_size.begin(), out_size.end());
+  return sizes;
 }
 
 void check_grad_output(const char* op, const Tensor& grad_output, const Tensor& input,
-                       int64_t H_out, int64_t W_out) {
-  check_tensor(op, "grad_output", grad_output, 4, "(N, C, H_out, W_out)");
-  const std::vector<int64_t> expected{input.size(0), input.size(1), H_out, W_out};
+                       at::IntArrayRef out_size) {
+  check_tensor(op, "grad_output", grad_output, input.dim(),
+               input.dim() == 5 ? "(N, C, D_out, H_out, W_out)" : "(N, C, H_out, W_out)");
+  const std::vector<int64_t> expected = output_sizes(input, out_size);
   TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), op,
                     ": expected grad_output of shape ", at::IntArrayRef(expected), ", got ",
                     grad_output.sizes());
@@ -141,11 +172,12 @@ Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
   return t.defined() ? t.to(dtype) : t;
 }
 
-const Kernels& kernels_for(const Tensor& t) {
+// The kernels for t's device, for images (dims 2) or volumes (dims 3).
+const Kernels& kernels_for(const Tensor& t, int64_t dims) {
 #ifdef STN_WITH_CUDA
-  if (t.is_cuda()) return cuda_kernels();
+  if (t.is_cuda()) return dims == 3 ? cuda_volume_kernels() : cuda_kernels();
 #endif
-  return cpu_kernels();
+  return dims == 3 ? cpu_volume_kernels() : cpu_kernels();
 }
 
 // ---------------------------------------------------------------------------
@@ -156,11 +188,11 @@ Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolatio
   const char* op = "stn_cuda.grid_sample";
   check_grid(op, input, grid);
   check_modes(op, interpolation_mode, padding_mode);
-  Tensor output =
-      empty_output({input.size(0), input.size(1), grid.size(1), grid.size(2)}, input.options());
+  const int64_t dims = spatial_dims(input);
+  Tensor output = empty_output(output_sizes(input, grid.sizes().slice(1, dims)), input.options());
   if (output.numel() == 0) return output;
   c10::DeviceGuard guard(input.device());
-  kernels_for(input).grid_sample_forward(input, grid, output,
+  kernels_for(input, dims).grid_sample_forward(input, grid, output,
                                          sampling_of(interpolation_mode, padding_mode, align_corners));
   return output;
 }
@@ -172,14 +204,15 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
   const char* op = "stn_cuda.grid_sample_backward";
   check_grid(op, input, grid);
   check_modes(op, interpolation_mode, padding_mode);
-  check_grad_output(op, grad_output, input, grid.size(1), grid.size(2));
+  const int64_t dims = spatial_dims(input);
+  check_grad_output(op, grad_output, input, grid.sizes().slice(1, dims));
   const Tensor in = dense(input);
   Tensor grad_input = output_mask[0] ? zeros_acc(in) : Tensor();
   Tensor grad_grid =
       output_mask[1] ? empty_output(grid.sizes(), grid.options().dtype(acc_type(grid))) : Tensor();
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());
-    kernels_for(input).grid_sample_backward(grad_output, in, grid, grad_input, grad_grid,
+    kernels_for(input, dims).grid_sample_backward(grad_output, in, grid, grad_input, grad_grid,
                                             sampling_of(interpolation_mode, padding_mode, align_corners));
   } else if (grad_grid.defined()) {
     grad_grid.zero_();  // no channels or no points: nothing depends on the grid
@@ -190,28 +223,39 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
 // ---------------------------------------------------------------------------
 // affine_grid: the grid generator, theta -> grid.
 
-Tensor affine_grid(const Tensor& theta, int64_t height, int64_t width, bool align_corners) {
+// size: the output's (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out), as
+// torch.nn.functional.affine_grid takes it.
+Tensor affine_grid(const Tensor& theta, at::IntArrayRef size, bool align_corners) {
   const char* op = "stn_cuda.affine_grid";
-  check_theta(op, theta, theta.defined() && theta.dim() > 0 ? theta.size(0) : 0);
-  check_out_size(op, height, width);
-  Tensor grid = empty_output({theta.size(0), height, width, 2}, theta.options());
+  TORCH_CHECK_VALUE(size.size() == 4 || size.size() == 5, op,
+                    ": expected size to be (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out), ",
+                    "got ", size);
+  const int64_t dims = static_cast<int64_t>(size.size()) - 2;
+  check_theta(op, theta, size[0], dims, dims == 3 ? "for a 5-D size" : "for a 4-D size");
+  check_out_size(op, "size[2:]", size.slice(2), dims);
+  std::vector<int64_t> grid_sizes(size.begin(), size.end());
+  grid_sizes.erase(grid_sizes.begin() + 1);  // (N, [D_out,] H_out, W_out, dims)
+  grid_sizes.push_back(dims);
+  Tensor grid = empty_output(grid_sizes, theta.options());
   if (grid.numel() == 0) return grid;
   c10::DeviceGuard guard(theta.device());
-  kernels_for(theta).affine_grid_forward(theta.to(acc_type(theta)).contiguous(), grid,
+  kernels_for(theta, dims).affine_grid_forward(theta.to(acc_type(theta)).contiguous(), grid,
                                          align_corners);
   return grid;
 }
 
 Tensor affine_grid_backward(const Tensor& grad_grid, bool align_corners) {
   const char* op = "stn_cuda.affine_grid_backward";
-  check_tensor(op, "grad_grid", grad_grid, 4, "(N, H_out, W_out, 2)");
-  TORCH_CHECK_VALUE(grad_grid.size(3) == 2, op, ": expected grad_grid of shape (N, H, W, 2), got ",
-                    grad_grid.sizes());
-  Tensor grad_theta =
-      at::zeros({grad_grid.size(0), 2, 3}, grad_grid.options().dtype(acc_type(grad_grid)));
+  const int64_t dims = grad_grid.defined() && grad_grid.dim() == 5 ? 3 : 2;
+  check_tensor(op, "grad_grid", grad_grid, dims + 2,
+               "(N, H_out, W_out, 2) or 5-D (N, D_out, H_out, W_out, 3)");
+  TORCH_CHECK_VALUE(grad_grid.size(dims + 1) == dims, op, ": expected grad_grid of shape ",
+                    dims == 3 ? "(N, D, H, W, 3)" : "(N, H, W, 2)", ", got ", grad_grid.sizes());
+  Tensor grad_theta = at::zeros({grad_grid.size(0), dims, dims + 1},
+                                grad_grid.options().dtype(acc_type(grad_grid)));
   if (grad_grid.numel() > 0) {
     c10::DeviceGuard guard(grad_grid.device());
-    kernels_for(grad_grid).affine_grid_backward(grad_grid, grad_theta, align_corners);
+    kernels_for(grad_grid, dims).affine_grid_backward(grad_grid, grad_theta, align_corners);
   }
   return to_dtype(grad_theta, grad_grid.scalar_type());
 }
@@ -219,19 +263,25 @@ Tensor affine_grid_backward(const Tensor& grad_grid, bool align_corners) {
 // ---------------------------------------------------------------------------
 // affine_sample: grid generator and sampler fused; the grid is never stored.
 
-Tensor affine_sample(const Tensor& input, const Tensor& theta, int64_t height, int64_t width,
+const char* theta_context(int64_t dims) {
+  return dims == 3 ? "for a 5-D input" : "for a 4-D input";
+}
+
+Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef out_size,
                      int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
   const char* op = "stn_cuda.affine_sample";
   check_input(op, input);
-  check_theta(op, theta, input.size(0));
+  const int64_t dims = spatial_dims(input);
+  check_theta(op, theta, input.size(0), dims, theta_context(dims));
   check_same(op, "theta", theta, "input", input);
   check_modes(op, interpolation_mode, padding_mode);
-  check_out_size(op, height, width);
-  Tensor output = empty_output({input.size(0), input.size(1), height, width}, input.options());
+  check_out_size(op, "out_size", out_size, dims);
+  Tensor output = empty_output(output_sizes(input, out_size), input.options());
   if (output.numel() == 0) return output;
   c10::DeviceGuard guard(input.device());
-  kernels_for(input).affine_sample_forward(input, theta.to(acc_type(theta)).contiguous(), output,
-                                           sampling_of(interpolation_mode, padding_mode, align_corners));
+  kernels_for(input, dims).affine_sample_forward(
+      input, theta.to(acc_type(theta)).contiguous(), output,
+      sampling_of(interpolation_mode, padding_mode, align_corners));
   return output;
 }
 
@@ -241,18 +291,19 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
                                                   std::array<bool, 2> output_mask) {
   const char* op = "stn_cuda.affine_sample_backward";
   check_input(op, input);
-  check_theta(op, theta, input.size(0));
+  const int64_t dims = spatial_dims(input);
+  check_theta(op, theta, input.size(0), dims, theta_context(dims));
   check_same(op, "theta", theta, "input", input);
   check_modes(op, interpolation_mode, padding_mode);
-  TORCH_CHECK_VALUE(grad_output.defined() && grad_output.dim() == 4, op,
-                    ": expected grad_output to be 4-D (N, C, H_out, W_out)");
-  check_grad_output(op, grad_output, input, grad_output.size(2), grad_output.size(3));
+  TORCH_CHECK_VALUE(grad_output.defined() && grad_output.dim() == input.dim(), op,
+                    ": expected grad_output to be ", input.dim(), "-D like input");
+  check_grad_output(op, grad_output, input, grad_output.sizes().slice(2));
   const Tensor in = dense(input);
   Tensor grad_input = output_mask[0] ? zeros_acc(in) : Tensor();
   Tensor grad_theta = output_mask[1] ? zeros_acc(theta) : Tensor();
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());
-    kernels_for(input).affine_sample_backward(
+    kernels_for(input, dims).affine_sample_backward(
         grad_output, in, theta.to(acc_type(theta)).contiguous(), grad_input, grad_theta,
         sampling_of(interpolation_mode, padding_mode, align_corners));
   }
@@ -267,9 +318,9 @@ TORCH_LIBRARY(stn_cuda, m) {
   m.def("grid_sample_backward(Tensor grad_output, Tensor input, Tensor grid, "
         "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask) "
         "-> (Tensor, Tensor)");
-  m.def("affine_grid(Tensor theta, int height, int width, bool align_corners) -> Tensor");
+  m.def("affine_grid(Tensor theta, int[] size, bool align_corners) -> Tensor");
   m.def("affine_grid_backward(Tensor grad_grid, bool align_corners) -> Tensor");
-  m.def("affine_sample(Tensor input, Tensor theta, int height, int width, "
+  m.def("affine_sample(Tensor input, Tensor theta, int[] out_size, "
         "int interpolation_mode, int padding_mode, bool align_corners) -> Tensor");
   m.def("affine_sample_backward(Tensor grad_output, Tensor input, Tensor theta, "
         "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask) "

@@ -355,4 +355,246 @@ struct ThetaGradSum {
   }
 };
 
+// ---------------------------------------------------------------------------
+// Volumes: 5-D input (N, C, D, H, W) sampled at grid points (x, y, z), with
+// trilinear ('bilinear') or nearest interpolation. The same steps as above,
+// per axis, with eight neighbours instead of four; neighbour k has x offset
+// k & 1, y offset (k >> 1) & 1 and z offset k >> 2, ATen's order tnw, tne,
+// tsw, tse, bnw, bne, bsw, bse.
+
+template <typename T>
+struct Point3 {
+  T x, y, z;
+};
+
+// (x_s, y_s, z_s) = theta . (x_t, y_t, z_t, 1), theta a row-major 3x4 matrix.
+template <typename T>
+STN_HD Point3<T> apply_affine3(const T* theta, T xt, T yt, T zt) {
+  return {theta[0] * xt + theta[1] * yt + theta[2] * zt + theta[3],
+          theta[4] * xt + theta[5] * yt + theta[6] * zt + theta[7],
+          theta[8] * xt + theta[9] * yt + theta[10] * zt + theta[11]};
+}
+
+// One axis of a source point: its lower neighbour, the weights of the lower
+// and upper neighbours and d pixel / d coordinate. `not_finite` is NaN when
+// any coordinate of the point is, which sends the point outside (see
+// bilinear_point: the same clamping, so no float-to-int overflow).
+template <typename T, typename index_t>
+struct Linear {
+  index_t i0;
+  T w[2];
+  T d;
+};
+
+template <typename index_t, typename T>
+STN_HD Linear<T, index_t> linear_axis(T coord, T not_finite, int64_t size, Padding padding,
+                                      bool align_corners) {
+  const Dual<T> p = source_pixel(coord, size, padding, align_corners);
+  const T v = clamp_pixel(p.val + not_finite, size);
+  Linear<T, index_t> a;
+  a.i0 = static_cast<index_t>(v + T(2)) - 2;  // floor of a value >= -2
+  const T i0 = static_cast<T>(a.i0);
+  a.w[0] = (i0 + T(1)) - v;
+  a.w[1] = v - i0;
+  a.d = p.grad;
+  return a;
+}
+
+template <typename T, typename index_t>
+struct Trilinear {
+  Linear<T, index_t> x, y, z;
+};
+
+template <typename index_t, typename T>
+STN_HD Trilinear<T, index_t> trilinear_point(Point3<T> g, int64_t D, int64_t H, int64_t W,
+                                             Padding padding, bool align_corners) {
+  const T not_finite = (g.x - g.x) + (g.y - g.y) + (g.z - g.z);  // 0 if finite, else NaN
+  return {linear_axis<index_t>(g.x, not_finite, W, padding, align_corners),
+          linear_axis<index_t>(g.y, not_finite, H, padding, align_corners),
+          linear_axis<index_t>(g.z, not_finite, D, padding, align_corners)};
+}
+
+// The extent and strides of one input volume (one channel).
+template <typename index_t>
+struct Volume {
+  index_t D, H, W, sD, sH, sW;
+
+  STN_HD index_t neighbour_offset(int k) const {
+    return (k & 1) * sW + (k >> 1 & 1) * sH + (k >> 2) * sD;
+  }
+};
+
+// A point's eight neighbours in a volume, as Corners for a plane.
+template <typename T, typename index_t>
+struct Corners3 {
+  index_t base;  // offset of neighbour 0 (meaningful only if inside)
+  int inside;    // bit k: neighbour k lies inside the volume
+  T weight[8];
+};
+
+template <typename T, typename index_t>
+STN_HD Corners3<T, index_t> corners(const Trilinear<T, index_t>& t, const Volume<index_t>& vol) {
+  Corners3<T, index_t> c;
+  c.base = t.z.i0 * vol.sD + t.y.i0 * vol.sH + t.x.i0 * vol.sW;
+  c.inside = 0;
+STN_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    const int ix = k & 1, iy = k >> 1 & 1, iz = k >> 2;
+    const bool in = in_range<index_t>(t.x.i0 + ix, vol.W) & in_range<index_t>(t.y.i0 + iy, vol.H) &
+                    in_range<index_t>(t.z.i0 + iz, vol.D);
+    c.inside |= int(in) << k;
+    // ATen's order: (w_x * w_y) * w_z.
+    c.weight[k] = t.x.w[ix] * t.y.w[iy] * t.z.w[iz];
+  }
+  return c;
+}
+
+// mode="nearest": nearbyint of each pixel coordinate (halves to even; exact,
+// as in nearest_corner), with the whole weight.
+template <typename T, typename index_t>
+STN_HD index_t nearest_index(const Linear<T, index_t>& a) {
+  return a.i0 + (a.w[1] > T(0.5) || (a.w[1] == T(0.5) && (a.i0 & 1)));
+}
+
+template <typename T, typename index_t>
+STN_HD Corners3<T, index_t> nearest_corner(const Trilinear<T, index_t>& t,
+                                           const Volume<index_t>& vol) {
+  const index_t x = nearest_index(t.x), y = nearest_index(t.y), z = nearest_index(t.z);
+  Corners3<T, index_t> c;
+  c.base = z * vol.sD + y * vol.sH + x * vol.sW;
+  c.inside = in_range(x, vol.W) & in_range(y, vol.H) & in_range(z, vol.D);
+  c.weight[0] = T(1);
+STN_UNROLL
+  for (int k = 1; k < 8; ++k) c.weight[k] = T(0);
+  return c;
+}
+
+template <typename T, typename index_t>
+STN_HD Corners3<T, index_t> corners(const Trilinear<T, index_t>& t, const Volume<index_t>& vol,
+                                    Interpolation interpolation) {
+  return interpolation == Interpolation::Nearest ? nearest_corner(t, vol) : corners(t, vol);
+}
+
+// Step 1 and 2 for a volume: a point's trilinear position and the neighbours
+// it reads in the sampling's mode.
+template <typename T, typename index_t>
+struct Located3 {
+  Trilinear<T, index_t> t;
+  Corners3<T, index_t> corners;
+};
+
+template <typename index_t, typename T>
+STN_HD Located3<T, index_t> locate(Point3<T> g, const Volume<index_t>& vol, Sampling sampling) {
+  const auto t = trilinear_point<index_t>(g, vol.D, vol.H, vol.W, sampling.padding,
+                                          sampling.align_corners);
+  return {t, corners(t, vol, sampling.interpolation)};
+}
+
+// The forward value of one point in one channel, summed in ATen's order.
+template <typename acc_t, typename scalar_t, typename index_t>
+STN_HD acc_t interpolate(const scalar_t* data, const Corners3<acc_t, index_t>& c,
+                         const Volume<index_t>& vol) {
+  acc_t v = acc_t(0);
+STN_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    if (c.inside >> k & 1) {
+      v += static_cast<acc_t>(data[c.base + vol.neighbour_offset(k)]) * c.weight[k];
+    }
+  }
+  return v;
+}
+
+// The backward of one point in one channel, as interpolate_backward for a
+// plane: grad_input through `add`, d loss / d pixel position into `grad`
+// (scaled by the axes' d later), each term in ATen's order of factors.
+template <typename acc_t, typename scalar_t, typename index_t, typename AddFn>
+STN_HD void interpolate_backward(const scalar_t* data, acc_t grad_out,
+                                 const Corners3<acc_t, index_t>& c,
+                                 const Trilinear<acc_t, index_t>& t, const Volume<index_t>& vol,
+                                 bool need_input_grad, bool need_grid_grad, AddFn&& add,
+                                 Point3<acc_t>& grad) {
+STN_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    if (!(c.inside >> k & 1)) continue;
+    const index_t offset = c.base + vol.neighbour_offset(k);
+    if (need_input_grad) add(offset, c.weight[k] * grad_out);
+    if (need_grid_grad) {
+      // d weight / d x is -w_y w_z for the lower x neighbour, +w_y w_z for the upper.
+      const int ix = k & 1, iy = k >> 1 & 1, iz = k >> 2;
+      const acc_t v = static_cast<acc_t>(data[offset]);
+      const acc_t gx = v * t.y.w[iy] * t.z.w[iz] * grad_out;
+      const acc_t gy = v * t.x.w[ix] * t.z.w[iz] * grad_out;
+      const acc_t gz = v * t.x.w[ix] * t.y.w[iy] * grad_out;
+      grad.x += ix ? gx : -gx;
+      grad.y += iy ? gy : -gy;
+      grad.z += iz ? gz : -gz;
+    }
+  }
+}
+
+// A strided (N, C, D, H, W) view of a tensor's storage.
+template <typename scalar_t>
+struct Image3 {
+  scalar_t* data;
+  int64_t N, C, D, H, W;
+  int64_t sN, sC, sD, sH, sW;
+
+  STN_HD scalar_t* volume(int64_t n, int64_t c) const { return data + n * sN + c * sC; }
+  STN_HD int64_t offset(int64_t d, int64_t h, int64_t w) const { return d * sD + h * sH + w * sW; }
+  template <typename index_t>
+  STN_HD Volume<index_t> volume_shape() const {
+    return {static_cast<index_t>(D), static_cast<index_t>(H), static_cast<index_t>(W),
+            static_cast<index_t>(sD), static_cast<index_t>(sH), static_cast<index_t>(sW)};
+  }
+};
+
+// grid (N, D_out, H_out, W_out, 3), any strides.
+template <typename scalar_t>
+struct TensorGrid3 {
+  const scalar_t* data;
+  int64_t sN, sD, sH, sW, sXYZ;
+
+  template <typename acc_t>
+  STN_HD Point3<acc_t> point(int64_t n, int64_t d, int64_t h, int64_t w) const {
+    const scalar_t* p = data + n * sN + d * sD + h * sH + w * sW;
+    return {static_cast<acc_t>(p[0]), static_cast<acc_t>(p[sXYZ]),
+            static_cast<acc_t>(p[2 * sXYZ])};
+  }
+};
+
+// theta (N, 3, 4), contiguous, in the accumulation type.
+template <typename acc_t>
+struct ThetaGrid3 {
+  const acc_t* theta;
+  int64_t D_out, H_out, W_out;
+  bool align_corners;
+
+  STN_HD acc_t xt(int64_t w) const { return target_coordinate<acc_t>(w, W_out, align_corners); }
+  STN_HD acc_t yt(int64_t h) const { return target_coordinate<acc_t>(h, H_out, align_corners); }
+  STN_HD acc_t zt(int64_t d) const { return target_coordinate<acc_t>(d, D_out, align_corners); }
+
+  template <typename T>
+  STN_HD Point3<T> point(int64_t n, int64_t d, int64_t h, int64_t w) const {
+    return apply_affine3<acc_t>(theta + 12 * n, xt(w), yt(h), zt(d));
+  }
+};
+
+// d loss / d theta (3x4) of one batch element, summed over its points:
+// row i of theta gets the point's gradient component i times (x_t, y_t, z_t, 1).
+template <typename acc_t>
+struct ThetaGradSum3 {
+  acc_t v[12] = {};
+
+  STN_HD void add(acc_t xt, acc_t yt, acc_t zt, Point3<acc_t> g) {
+    const acc_t gi[3] = {g.x, g.y, g.z};
+STN_UNROLL
+    for (int i = 0; i < 3; ++i) {
+      v[4 * i] += gi[i] * xt;
+      v[4 * i + 1] += gi[i] * yt;
+      v[4 * i + 2] += gi[i] * zt;
+      v[4 * i + 3] += gi[i];
+    }
+  }
+};
+
 }  // namespace stn

@@ -14,7 +14,8 @@ ops = torch.ops.stn_cuda
 
 @torch.library.register_fake("stn_cuda::grid_sample")
 def _(input, grid, interpolation_mode, padding_mode, align_corners):
-    return input.new_empty(input.shape[0], input.shape[1], grid.shape[1], grid.shape[2])
+    # (N, C, [D_out,] H_out, W_out): the grid's points, the input's channels
+    return input.new_empty(input.shape[0], input.shape[1], *grid.shape[1:-1])
 
 
 @torch.library.register_fake("stn_cuda::grid_sample_backward")
@@ -25,18 +26,20 @@ def _(grad_output, input, grid, interpolation_mode, padding_mode, align_corners,
 
 
 @torch.library.register_fake("stn_cuda::affine_grid")
-def _(theta, height, width, align_corners):
-    return theta.new_empty(theta.shape[0], height, width, 2)
+def _(theta, size, align_corners):
+    # size (N, C, [D_out,] H_out, W_out) -> grid (N, [D_out,] H_out, W_out, 2 or 3)
+    return theta.new_empty(size[0], *size[2:], len(size) - 2)
 
 
 @torch.library.register_fake("stn_cuda::affine_grid_backward")
 def _(grad_grid, align_corners):
-    return grad_grid.new_empty(grad_grid.shape[0], 2, 3)
+    dims = grad_grid.shape[-1]
+    return grad_grid.new_empty(grad_grid.shape[0], dims, dims + 1)
 
 
 @torch.library.register_fake("stn_cuda::affine_sample")
-def _(input, theta, height, width, interpolation_mode, padding_mode, align_corners):
-    return input.new_empty(input.shape[0], input.shape[1], height, width)
+def _(input, theta, out_size, interpolation_mode, padding_mode, align_corners):
+    return input.new_empty(input.shape[0], input.shape[1], *out_size)
 
 
 @torch.library.register_fake("stn_cuda::affine_sample_backward")
@@ -64,18 +67,18 @@ def _grid_sample_backward(ctx, grad_output):
 
 def _affine_sample_backward(ctx, grad_output):
     input, theta = ctx.saved_tensors
-    _height, _width, *options = ctx.options
+    _out_size, *options = ctx.options
     grad_input, grad_theta = ops.affine_sample_backward(
         grad_output, input, theta, *options, list(ctx.needs_input_grad[:2]))
-    return grad_input, grad_theta, None, None, None, None, None
+    return grad_input, grad_theta, None, None, None, None
 
 
 def _affine_grid_setup(ctx, inputs, output):
-    ctx.align_corners = inputs[3]
+    ctx.align_corners = inputs[2]
 
 
 def _affine_grid_backward(ctx, grad_grid):
-    return ops.affine_grid_backward(grad_grid, ctx.align_corners), None, None, None
+    return ops.affine_grid_backward(grad_grid, ctx.align_corners), None, None
 
 
 torch.library.register_autograd(

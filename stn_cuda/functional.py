@@ -4,6 +4,10 @@ torch.nn.functional.grid_sample and affine_grid.
     grid_sample(input, grid)     the sampler: V = bilinear sample of U at each grid point
     affine_grid(theta, size)     the grid generator: (x_s, y_s) = theta . (x_t, y_t, 1)
     affine_sample(input, theta)  both fused: the grid is computed on the fly, never stored
+
+Each works on images (4-D input, grid (N, H, W, 2), theta (N, 2, 3)) and, as torch's
+do, on volumes (5-D input (N, C, D, H, W), grid (N, D, H, W, 3) holding (x, y, z),
+theta (N, 3, 4)), where 'bilinear' is trilinear.
 """
 from typing import Optional, Sequence
 
@@ -43,10 +47,12 @@ def _check_tensor(fn: str, name: str, value):
 
 def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
                 padding_mode: str = "zeros", align_corners: Optional[bool] = False) -> torch.Tensor:
-    """Drop-in for torch.nn.functional.grid_sample (4-D input, bilinear).
+    """Drop-in for torch.nn.functional.grid_sample (4-D and 5-D input; bilinear and nearest).
 
     input (N, C, H_in, W_in) is sampled at grid (N, H_out, W_out, 2), whose last
     dimension holds normalised (x, y) in [-1, 1]; returns (N, C, H_out, W_out).
+    A volume (N, C, D_in, H_in, W_in) is sampled at grid (N, D_out, H_out, W_out, 3)
+    holding (x, y, z), trilinearly for mode='bilinear'; returns (N, C, D_out, H_out, W_out).
     Points outside the input are handled by padding_mode ('zeros', 'border' or
     'reflection'); align_corners=True maps -1 and 1 to the centres of the corner
     pixels rather than to their outer edges. Differentiable in input and grid.
@@ -58,21 +64,25 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
     return ops.grid_sample(input, grid, mode_code, padding_code, bool(align_corners))
 
 
-def _out_hw(fn: str, size: Sequence[int], name: str):
+_SPATIAL = {2: "(H_out, W_out)", 3: "(D_out, H_out, W_out)"}
+
+
+def _out_size(fn: str, size: Sequence[int], name: str, dims: int, context: str):
+    """The output's spatial size: dims positive integers."""
     size = tuple(size)
-    if len(size) != 2:
-        raise ValueError(f"stn_cuda.{fn}(): expected {name} to be (H_out, W_out), got {size}")
+    if len(size) != dims:
+        raise ValueError(f"stn_cuda.{fn}(): expected {name} to be {_SPATIAL[dims]} {context}, got {size}")
     if any(int(s) <= 0 for s in size):
         raise ValueError(f"stn_cuda.{fn}(): expected {name} to be positive, got {size}")
-    return int(size[0]), int(size[1])
+    return [int(s) for s in size]
 
 
-def _check_theta(fn: str, theta: torch.Tensor, batch: Optional[int] = None):
+def _check_theta(fn: str, theta: torch.Tensor, batch: Optional[int], dims: int, context: str):
+    """theta (N, 2, 3) for images (dims 2), (N, 3, 4) for volumes (dims 3)."""
     _check_tensor(fn, "theta", theta)
-    if theta.dim() != 3 or tuple(theta.shape[1:]) != (2, 3):
-        if theta.dim() == 3 and tuple(theta.shape[1:]) == (3, 4):
-            raise NotImplementedError(f"stn_cuda.{fn}(): 3-D (volumetric) transforms are not implemented yet")
-        raise ValueError(f"stn_cuda.{fn}(): expected theta of shape (N, 2, 3), got {tuple(theta.shape)}")
+    if theta.dim() != 3 or tuple(theta.shape[1:]) != (dims, dims + 1):
+        raise ValueError(
+            f"stn_cuda.{fn}(): expected theta of shape (N, {dims}, {dims + 1}) {context}, got {tuple(theta.shape)}")
     if batch is not None and theta.shape[0] != batch:
         raise ValueError(
             f"stn_cuda.{fn}(): expected theta's batch size {theta.shape[0]} to equal the input's, {batch}")
@@ -80,18 +90,24 @@ def _check_theta(fn: str, theta: torch.Tensor, batch: Optional[int] = None):
 
 def affine_grid(theta: torch.Tensor, size: Sequence[int],
                 align_corners: Optional[bool] = False) -> torch.Tensor:
-    """Drop-in for torch.nn.functional.affine_grid (4-D sizes): the grid generator.
+    """Drop-in for torch.nn.functional.affine_grid (4-D and 5-D sizes): the grid generator.
 
     theta (N, 2, 3) and size (N, C, H_out, W_out) give the grid (N, H_out, W_out, 2)
-    of source points theta . (x_t, y_t, 1) over the output's normalised coordinates.
-    Differentiable in theta.
+    of source points theta . (x_t, y_t, 1) over the output's normalised coordinates;
+    theta (N, 3, 4) and size (N, C, D_out, H_out, W_out) the grid (N, D_out, H_out, W_out, 3)
+    of points theta . (x_t, y_t, z_t, 1). Differentiable in theta.
     """
     size = tuple(size)
-    if len(size) != 4:
-        raise ValueError(f"stn_cuda.affine_grid(): expected size (N, C, H_out, W_out), got {size}")
-    _check_theta("affine_grid", theta, size[0])
-    height, width = _out_hw("affine_grid", size[2:], "size[2:]")
-    return ops.affine_grid(theta, height, width, bool(align_corners))
+    if len(size) not in (4, 5):
+        raise ValueError(
+            f"stn_cuda.affine_grid(): expected size (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out), got {size}")
+    dims = len(size) - 2
+    _check_theta("affine_grid", theta, None, dims, f"for a {len(size)}-D size")
+    if theta.shape[0] != size[0]:
+        raise ValueError(
+            f"stn_cuda.affine_grid(): expected theta's batch size {theta.shape[0]} to equal size[0], {size[0]}")
+    out_size = _out_size("affine_grid", size[2:], "size[2:]", dims, f"for a {len(size)}-D size")
+    return ops.affine_grid(theta, [int(size[0]), int(size[1]), *out_size], bool(align_corners))
 
 
 def affine_sample(input: torch.Tensor, theta: torch.Tensor, out_size: Optional[Sequence[int]] = None,
@@ -102,15 +118,17 @@ def affine_sample(input: torch.Tensor, theta: torch.Tensor, out_size: Optional[S
     in value and in both gradients, but never materialises the grid.
 
     input (N, C, H_in, W_in), theta (N, 2, 3); out_size (H_out, W_out) defaults to
-    the input's. Differentiable in input and theta.
+    the input's. For volumes: input (N, C, D_in, H_in, W_in), theta (N, 3, 4),
+    out_size (D_out, H_out, W_out). Differentiable in input and theta.
     """
     _check_tensor("affine_sample", "input", input)
-    _check_theta("affine_sample", theta, input.shape[0] if input.dim() > 0 else None)
-    if out_size is None:
-        if input.dim() != 4:
-            raise ValueError(
-                f"stn_cuda.affine_sample(): expected input to be 4-D (N, C, H_in, W_in), got shape {tuple(input.shape)}")
-        out_size = input.shape[2:]
-    height, width = _out_hw("affine_sample", out_size, "out_size")
+    if input.dim() not in (4, 5):
+        raise ValueError(
+            "stn_cuda.affine_sample(): expected input to be 4-D (N, C, H_in, W_in) or 5-D (N, C, D_in, H_in, W_in), "
+            f"got shape {tuple(input.shape)}")
+    dims, context = input.dim() - 2, f"for a {input.dim()}-D input"
+    _check_theta("affine_sample", theta, input.shape[0], dims, context)
+    out_size = _out_size("affine_sample", input.shape[2:] if out_size is None else out_size, "out_size", dims,
+                         context)
     mode_code, padding_code = _mode_codes("affine_sample", mode, padding_mode)
-    return ops.affine_sample(input, theta, height, width, mode_code, padding_code, bool(align_corners))
+    return ops.affine_sample(input, theta, out_size, mode_code, padding_code, bool(align_corners))

@@ -4,7 +4,7 @@ written against torch (kornia, torchvision, your own) uses stn_cuda unchanged.
 Only the attributes of torch.nn.functional are replaced: code that bound the
 functions before patching (``from torch.nn.functional import grid_sample``) keeps
 torch's. A call goes to stn_cuda when stn_cuda computes exactly what torch would,
-and to torch's function otherwise: other modes, 5-D, tensor subclasses, anything
+and to torch's function otherwise: other modes, tensor subclasses, anything
 torch would reject or warn about, so its errors and warnings stay torch's. (The one
 difference that remains is stn_cuda's for grid points with a non-finite coordinate:
 they sample 0 and pass no gradient, in every padding mode; see the README.)
@@ -43,14 +43,15 @@ def _same_dtype(input, grid) -> bool:
 def _grid_sample_supported(input, grid, mode, padding_mode, align_corners) -> bool:
     return (mode in ("bilinear", "nearest") and padding_mode in _PADDING_MODES and align_corners is not None
             and _supported(input, grid) and _same_dtype(input, grid)
-            and input.dim() == 4 and grid.dim() == 4 and grid.shape[3] == 2
-            and grid.shape[0] == input.shape[0] and input.shape[2] > 0 and input.shape[3] > 0)
+            # images (4-D, grid (x, y)) or volumes (5-D, grid (x, y, z))
+            and input.dim() in (4, 5) and grid.dim() == input.dim() and grid.shape[-1] == input.dim() - 2
+            and grid.shape[0] == input.shape[0] and min(input.shape[2:]) > 0)
 
 
 def _affine_grid_supported(theta, size, align_corners) -> bool:
     return (align_corners is not None and _supported(theta)
-            and theta.dim() == 3 and theta.shape[1:] == (2, 3)
-            and len(size) == 4 and size[0] == theta.shape[0] and min(size) > 0
+            and len(size) in (4, 5) and theta.dim() == 3 and theta.shape[1:] == (len(size) - 2, len(size) - 1)
+            and size[0] == theta.shape[0] and min(size) > 0
             # torch warns about unit-size grids with align_corners=True
             and not (align_corners and min(size[2:]) == 1))
 
@@ -78,7 +79,7 @@ _ROUTES = {"grid_sample": _route_grid_sample, "affine_grid": _route_affine_grid}
 
 def patch_torch() -> None:
     """Make torch.nn.functional.grid_sample and affine_grid use stn_cuda for the
-    calls it supports (4-D, bilinear or nearest, floating CPU or CUDA tensors), falling back
+    calls it supports (4-D and 5-D, bilinear or nearest, floating CPU or CUDA tensors), falling back
     to torch's functions for all others. Idempotent; undone by unpatch_torch().
 
     Code that bound the functions before the call (``from torch.nn.functional

@@ -1,6 +1,10 @@
 """References from torch and comparison helpers shared by the tests."""
+import functools
+
 import torch
 import torch.nn.functional as F
+
+import stn_cuda
 
 
 def grads(out, inputs, grad_output):
@@ -27,6 +31,18 @@ def check_against(fn, ref_fn, args, *, atol=1e-10, rtol=1e-8, grad_output=None):
         for i, a, b in zip(diff, ours_g, ref_g):
             torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"gradient of argument {i}: {m}")
     return out
+
+
+def ours(padding_mode, align_corners, mode="bilinear"):
+    """stn_cuda.grid_sample with these options."""
+    return functools.partial(stn_cuda.grid_sample, mode=mode, padding_mode=padding_mode,
+                             align_corners=align_corners)
+
+
+def theirs(padding_mode, align_corners, mode="bilinear"):
+    """torch.nn.functional.grid_sample with these options."""
+    return functools.partial(F.grid_sample, mode=mode, padding_mode=padding_mode,
+                             align_corners=align_corners)
 
 
 def random_theta(n, dtype=torch.float64, device="cpu", spread=0.3):

@@ -149,6 +149,21 @@ def test_patched_torch_routes_to_stn_cuda(device, mode, padding_mode, align_corn
     assert torch.equal(generated, stn_cuda.affine_grid(theta, size, align_corners))
 
 
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_patched_torch_routes_volumes_to_stn_cuda(device, mode, padding_mode, align_corners):
+    input, grid, _ = (a.detach() for a in sampler_inputs(device))
+    volume = torch.stack([input, input.flip(2)], 2)                          # (2, 3, 2, 7, 6)
+    grid = torch.cat([grid, grid[..., :1].flip(1)], -1)[:, None]           # (2, 1, 4, 5, 3)
+    theta = torch.eye(3, 4, device=device) + 0.3 * torch.randn(2, 3, 4, device=device)
+    size = (2, 3, 3, 4, 5)
+    with stn_cuda.patched_torch(), Ops() as ops:
+        sampled = F.grid_sample(volume, grid, mode, padding_mode, align_corners)
+        generated = F.affine_grid(theta, size, align_corners=align_corners)
+    assert ops.namespaces == {"stn_cuda"}
+    assert torch.equal(sampled, stn_cuda.grid_sample(volume, grid, mode, padding_mode, align_corners))
+    assert torch.equal(generated, stn_cuda.affine_grid(theta, size, align_corners))
+
+
 def _outcome(call, *args):
     """What call(*args) returns or raises, and the warnings it gives, comparably."""
     with warnings.catch_warnings(record=True) as caught:
@@ -166,7 +181,9 @@ def _5d(x):
 
 FALLBACKS = {  # (input, grid, theta) -> a call stn_cuda leaves to torch
     "bicubic": lambda x, g, t: F.grid_sample(x, g, mode="bicubic", align_corners=True),
-    "5-D": lambda x, g, t: F.grid_sample(_5d(x), _5d(torch.cat([g, g[..., :1]], -1)), align_corners=False),
+    "5-D input, 4-D grid": lambda x, g, t: F.grid_sample(_5d(x), g, align_corners=False),
+    "5-D bicubic": lambda x, g, t: F.grid_sample(_5d(x), _5d(torch.cat([g, g[..., :1]], -1)), mode="bicubic",
+                                                 align_corners=False),
     "align_corners=None": lambda x, g, t: F.grid_sample(x, g),  # torch warns
     "dtypes differ": lambda x, g, t: F.grid_sample(x, g.double(), align_corners=False),
     "integer input": lambda x, g, t: F.grid_sample(x.long(), g, align_corners=False),
@@ -174,7 +191,8 @@ FALLBACKS = {  # (input, grid, theta) -> a call stn_cuda leaves to torch
     "batch sizes differ": lambda x, g, t: F.grid_sample(x[:1], g, align_corners=False),
     "empty input": lambda x, g, t: F.grid_sample(x[:, :, :0], g, align_corners=False),
     "unknown mode": lambda x, g, t: F.grid_sample(x, g, mode="linear", align_corners=False),
-    "affine_grid 3-D": lambda x, g, t: F.affine_grid(t.new_ones(2, 3, 4), (2, 3, 4, 5, 6), align_corners=False),
+    "affine_grid 3-D, theta 2x3": lambda x, g, t: F.affine_grid(t, (2, 3, 4, 5, 6), align_corners=False),
+    "affine_grid 3-D unit size": lambda x, g, t: F.affine_grid(t.new_ones(2, 3, 4), (2, 3, 1, 5, 6), align_corners=True),
     "affine_grid batch": lambda x, g, t: F.affine_grid(t, (3, 3, 4, 5), align_corners=False),
     "affine_grid zero size": lambda x, g, t: F.affine_grid(t, (2, 3, 0, 5), align_corners=False),
     "affine_grid unit size": lambda x, g, t: F.affine_grid(t, (2, 3, 1, 5), align_corners=True),  # torch warns

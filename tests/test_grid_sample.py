@@ -1,5 +1,4 @@
 """stn_cuda.grid_sample against torch.nn.functional.grid_sample."""
-import functools
 import math
 
 import pytest
@@ -7,21 +6,11 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
-from helpers import check_against, grads, leaf
+from helpers import check_against, grads, leaf, ours, theirs
 
 # (N, C, H_in, W_in, H_out, W_out): odd, prime and 1-sized dimensions.
 SHAPES = [(2, 3, 7, 5, 4, 6), (1, 1, 1, 1, 3, 3), (3, 2, 13, 1, 5, 7), (1, 4, 1, 17, 2, 11),
           (2, 5, 11, 13, 1, 1), (1, 1, 31, 37, 29, 23)]
-
-
-def ours(padding_mode, align_corners, mode="bilinear"):
-    return functools.partial(stn_cuda.grid_sample, mode=mode, padding_mode=padding_mode,
-                             align_corners=align_corners)
-
-
-def theirs(padding_mode, align_corners, mode="bilinear"):
-    return functools.partial(F.grid_sample, mode=mode, padding_mode=padding_mode,
-                             align_corners=align_corners)
 
 
 def make(shape, device, dtype=torch.float64, spread=1.5):

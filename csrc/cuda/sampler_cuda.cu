@@ -10,54 +10,12 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-
-#include <algorithm>
 
 #include "../kernels.h"
+#include "launch.cuh"
 
 namespace stn {
 namespace {
-
-constexpr int kMaxThreads = 256;
-// Split channels across threads until about this many threads run.
-constexpr int64_t kTargetThreads = int64_t(1) << 18;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-struct LaunchPlan {
-  dim3 grid, block;
-  int64_t channels_per_thread;
-};
-
-LaunchPlan plan_launch(int64_t N, int64_t C, int64_t points) {
-  const int threads =
-      static_cast<int>(std::min<int64_t>(kMaxThreads, std::max<int64_t>(32, ceil_div(points, 32) * 32)));
-  int64_t groups = std::min<int64_t>({ceil_div(kTargetThreads, N * points), C, 65535});
-  groups = std::max<int64_t>(groups, 1);
-  const int64_t per_thread = ceil_div(std::max<int64_t>(C, 1), groups);
-  groups = ceil_div(std::max<int64_t>(C, 1), per_thread);
-  const int64_t blocks = std::min<int64_t>(ceil_div(points, threads), int64_t(1) << 30);
-  return {dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(groups),
-               static_cast<unsigned>(std::min<int64_t>(N, 65535))),
-          dim3(threads), per_thread};
-}
-
-// Sum of v over the block, valid in thread 0. Every thread of the block must call it.
-template <typename T>
-__device__ T block_sum(T v) {
-  __shared__ T warp_sums[kMaxThreads / 32];
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();  // the previous call's reads of warp_sums are done
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < blockDim.x / 32 ? warp_sums[threadIdx.x] : T(0);
-  if (warp == 0) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
-  return v;
-}
 
 // Gradient sinks: where the gradient with respect to each point's source
 // coordinates goes.
@@ -67,14 +25,7 @@ struct GridGradSink {  // grad_grid (N, H_out, W_out, 2), contiguous
   int64_t H, W;
   bool atomic;  // several channel groups add into the same point
   __device__ void add(int64_t n, int64_t h, int64_t w, Point2<acc_t> g) {
-    acc_t* d = data + ((n * H + h) * W + w) * 2;
-    if (atomic) {
-      atomicAdd(d, g.x);
-      atomicAdd(d + 1, g.y);
-    } else {
-      d[0] = g.x;
-      d[1] = g.y;
-    }
+    store_point_grad(data + ((n * H + h) * W + w) * 2, {g.x, g.y}, atomic);
   }
   __device__ void finish(int64_t) {}
 };
@@ -88,20 +39,10 @@ struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous, zeroed
     sum.add(src.xt(w), src.yt(h), g);
   }
   __device__ void finish(int64_t n) {
-#pragma unroll
-    for (int k = 0; k < 6; ++k) {
-      const acc_t v = block_sum(sum.v[k]);
-      if (threadIdx.x == 0) atomicAdd(data + 6 * n + k, v);
-    }
+    add_block_sums(data + 6 * n, sum.v);
     sum = {};
   }
 };
-
-// Loops of the kernels below: batch elements along z, points along x.
-#define STN_FOR_EACH_N(N) for (int64_t n = blockIdx.z; n < (N); n += gridDim.z)
-#define STN_FOR_EACH_POINT(P)                                                          \
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < (P); \
-       p += int64_t(gridDim.x) * blockDim.x)
 
 template <typename scalar_t, typename Source>
 __global__ void __launch_bounds__(kMaxThreads)
@@ -190,8 +131,6 @@ affine_grid_backward_kernel(TensorGrid<scalar_t> grad_grid,
     sink.finish(n);
   }
 }
-
-cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
 template <typename scalar_t, typename Source>
 void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,

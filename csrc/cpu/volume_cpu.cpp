@@ -1,0 +1,215 @@
+// CPU kernels for volumes (5-D input): at::parallel_for over output rows
+// (forward) or batch elements (backward), with a plain loop over each row's
+// points around the volume math of sampler_math.h. Deterministic: the backward
+// pass gives each batch element to one thread, so grad_input is summed in a
+// fixed order (ATen's: points in (d, h, w) order, channels innermost).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "../kernels.h"
+
+namespace stn {
+namespace {
+
+constexpr int64_t kGrainSize = 32768;  // work per parallel task, as ATen's GRAIN_SIZE
+
+// Gradient sinks: where the gradient with respect to each point's source
+// coordinates goes. Points are numbered p = (d * H_out + h) * W_out + w.
+template <typename acc_t>
+struct GridGradSink3 {  // grad_grid (N, D_out, H_out, W_out, 3), contiguous
+  acc_t* data;
+  int64_t points;
+  void add(int64_t n, int64_t p, int64_t, int64_t, int64_t, Point3<acc_t> g) {
+    acc_t* d = data + (n * points + p) * 3;
+    d[0] = g.x;
+    d[1] = g.y;
+    d[2] = g.z;
+  }
+  void finish(int64_t) {}
+};
+
+template <typename acc_t>
+struct ThetaGradSink3 {  // grad_theta (N, 3, 4), contiguous
+  acc_t* data;
+  ThetaGrid3<acc_t> src;
+  ThetaGradSum3<acc_t> sum;
+  void add(int64_t, int64_t, int64_t d, int64_t h, int64_t w, Point3<acc_t> g) {
+    sum.add(src.xt(w), src.yt(h), src.zt(d), g);
+  }
+  void finish(int64_t n) {
+    std::copy(sum.v, sum.v + 12, data + 12 * n);
+    sum = {};
+  }
+};
+
+int64_t grain_for(int64_t row_cost) {
+  return std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, row_cost));
+}
+
+template <typename scalar_t, typename Source>
+void volume_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
+                    Sampling sampling) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto in = image3_of<const scalar_t>(input);
+  const auto out = image3_of<scalar_t>(output);
+  const auto vol = in.template volume_shape<int64_t>();
+  at::parallel_for(0, out.N * out.D * out.H, grain_for(out.W * in.C),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t h = row % out.H, d = row / out.H % out.D, n = row / out.H / out.D;
+      for (int64_t w = 0; w < out.W; ++w) {
+        const auto loc = locate(src.template point<acc_t>(n, d, h, w), vol, sampling);
+        for (int64_t c = 0; c < in.C; ++c) {
+          out.volume(n, c)[out.offset(d, h, w)] =
+              static_cast<scalar_t>(interpolate(in.volume(n, c), loc.corners, vol));
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename Source, typename Sink>
+void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, const Source& src,
+                     const at::Tensor& grad_input, Sink sink, bool need_grid_grad,
+                     Sampling sampling) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto go = image3_of<const scalar_t>(grad_output);
+  const auto in = image3_of<const scalar_t>(input);
+  const bool need_input_grad = grad_input.defined();
+  const auto gi = need_input_grad ? image3_of<acc_t>(grad_input) : Image3<acc_t>{};
+  // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
+  const bool grid_grad_nonzero =
+      need_grid_grad && sampling.interpolation == Interpolation::Bilinear;
+  // grad_input is laid out like the input (see ops.cpp), so the input's offsets address it.
+  const auto vol = in.template volume_shape<int64_t>();
+  at::parallel_for(0, go.N, 1, [&](int64_t n0, int64_t n1) {
+    Sink s = sink;
+    for (int64_t n = n0; n < n1; ++n) {
+      int64_t p = 0;
+      for (int64_t d = 0; d < go.D; ++d) {
+        for (int64_t h = 0; h < go.H; ++h) {
+          for (int64_t w = 0; w < go.W; ++w, ++p) {
+            const auto loc = locate(src.template point<acc_t>(n, d, h, w), vol, sampling);
+            const auto& t = loc.t;
+            Point3<acc_t> g{acc_t(0), acc_t(0), acc_t(0)};
+            for (int64_t c = 0; c < in.C; ++c) {
+              acc_t* gi_volume = need_input_grad ? gi.volume(n, c) : nullptr;
+              auto add = [gi_volume](int64_t offset, acc_t v) { gi_volume[offset] += v; };
+              const acc_t grad_out = static_cast<acc_t>(go.volume(n, c)[go.offset(d, h, w)]);
+              interpolate_backward(in.volume(n, c), grad_out, loc.corners, t, vol,
+                                   need_input_grad, grid_grad_nonzero, add, g);
+            }
+            if (need_grid_grad) s.add(n, p, d, h, w, {g.x * t.x.d, g.y * t.y.d, g.z * t.z.d});
+          }
+        }
+      }
+      if (need_grid_grad) s.finish(n);
+    }
+  });
+}
+
+void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
+                         const at::Tensor& output, Sampling sampling) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::grid_sample (5-D)", [&] {
+    volume_forward<scalar_t>(input, tensor_grid3_of<scalar_t>(grid), output, sampling);
+  });
+}
+
+void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                          const at::Tensor& grid, const at::Tensor& grad_input,
+                          const at::Tensor& grad_grid, Sampling sampling) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::grid_sample_backward (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const GridGradSink3<acc_t> sink{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
+                                    grid.size(1) * grid.size(2) * grid.size(3)};
+    volume_backward<scalar_t>(grad_output, input, tensor_grid3_of<scalar_t>(grid), grad_input,
+                              sink, grad_grid.defined(), sampling);
+  });
+}
+
+void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
+                           const at::Tensor& output, Sampling sampling) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::affine_sample (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto src = theta_grid3_of<acc_t>(theta, output.sizes().slice(2), sampling.align_corners);
+    volume_forward<scalar_t>(input, src, output, sampling);
+  });
+}
+
+void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                            const at::Tensor& theta, const at::Tensor& grad_input,
+                            const at::Tensor& grad_theta, Sampling sampling) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::affine_sample_backward (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto src = theta_grid3_of<acc_t>(theta, grad_output.sizes().slice(2),
+                                           sampling.align_corners);
+    const ThetaGradSink3<acc_t> sink{
+        grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src, {}};
+    volume_backward<scalar_t>(grad_output, input, src, grad_input, sink, grad_theta.defined(),
+                              sampling);
+  });
+}
+
+void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grid.scalar_type(),
+                                  "stn_cuda::affine_grid (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t N = grid.size(0), D = grid.size(1), H = grid.size(2), W = grid.size(3);
+    const auto src = theta_grid3_of<acc_t>(theta, grid.sizes().slice(1, 3), align_corners);
+    scalar_t* out = grid.data_ptr<scalar_t>();
+    at::parallel_for(0, N * D * H, grain_for(W), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t h = row % H, d = row / H % D, n = row / H / D;
+        for (int64_t w = 0; w < W; ++w) {
+          const auto p = src.template point<acc_t>(n, d, h, w);
+          scalar_t* o = out + (row * W + w) * 3;
+          o[0] = static_cast<scalar_t>(p.x);
+          o[1] = static_cast<scalar_t>(p.y);
+          o[2] = static_cast<scalar_t>(p.z);
+        }
+      }
+    });
+  });
+}
+
+void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_theta,
+                          bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_grid.scalar_type(),
+                                  "stn_cuda::affine_grid_backward (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t N = grad_grid.size(0), D = grad_grid.size(1), H = grad_grid.size(2),
+                  W = grad_grid.size(3);
+    const auto gg = tensor_grid3_of<scalar_t>(grad_grid);
+    const ThetaGradSink3<acc_t> sink{
+        grad_theta.data_ptr<acc_t>(),
+        theta_grid3_of<acc_t>(at::Tensor(), grad_grid.sizes().slice(1, 3), align_corners), {}};
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      ThetaGradSink3<acc_t> s = sink;
+      for (int64_t n = n0; n < n1; ++n) {
+        int64_t p = 0;
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t w = 0; w < W; ++w, ++p)
+              s.add(n, p, d, h, w, gg.template point<acc_t>(n, d, h, w));
+        s.finish(n);
+      }
+    });
+  });
+}
+
+}  // namespace
+
+const Kernels& cpu_volume_kernels() {
+  static const Kernels k{grid_sample_forward, grid_sample_backward, affine_sample_forward,
+                         affine_sample_backward, affine_grid_forward, affine_grid_backward};
+  return k;
+}
+
+}  // namespace stn

@@ -1,0 +1,88 @@
+// What the CUDA kernels of sampler_cuda.cu (images) and volume_cuda.cu
+// (volumes) share: the launch plan, their loops, and the per-block reduction
+// and gradient stores of the backward passes.
+#pragma once
+
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace stn {
+
+constexpr int kMaxThreads = 256;
+// Split channels across threads until about this many threads run.
+constexpr int64_t kTargetThreads = int64_t(1) << 18;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct LaunchPlan {
+  dim3 grid, block;
+  int64_t channels_per_thread;
+};
+
+// Threads cover the output points of one batch element along x, channel groups
+// along y and batch elements along z.
+inline LaunchPlan plan_launch(int64_t N, int64_t C, int64_t points) {
+  const int threads =
+      static_cast<int>(std::min<int64_t>(kMaxThreads, std::max<int64_t>(32, ceil_div(points, 32) * 32)));
+  int64_t groups = std::min<int64_t>({ceil_div(kTargetThreads, N * points), C, 65535});
+  groups = std::max<int64_t>(groups, 1);
+  const int64_t per_thread = ceil_div(std::max<int64_t>(C, 1), groups);
+  groups = ceil_div(std::max<int64_t>(C, 1), per_thread);
+  const int64_t blocks = std::min<int64_t>(ceil_div(points, threads), int64_t(1) << 30);
+  return {dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(groups),
+               static_cast<unsigned>(std::min<int64_t>(N, 65535))),
+          dim3(threads), per_thread};
+}
+
+inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+// Sum of v over the block, valid in thread 0. Every thread of the block must call it.
+template <typename T>
+__device__ T block_sum(T v) {
+  __shared__ T warp_sums[kMaxThreads / 32];
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // the previous call's reads of warp_sums are done
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < blockDim.x / 32 ? warp_sums[threadIdx.x] : T(0);
+  if (warp == 0) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
+// The block's sums of v[0..K) added to dst[0..K) (grad_theta of one batch
+// element), once per block. Every thread of the block must call it.
+template <int K, typename T>
+__device__ void add_block_sums(T* dst, const T (&v)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const T s = block_sum(v[k]);
+    if (threadIdx.x == 0) atomicAdd(dst + k, s);
+  }
+}
+
+// A point's gradient with respect to its K coordinates, stored, or added
+// atomically when several channel groups add into the same point.
+template <int K, typename T>
+__device__ void store_point_grad(T* dst, const T (&g)[K], bool atomic) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (atomic) {
+      atomicAdd(dst + k, g[k]);
+    } else {
+      dst[k] = g[k];
+    }
+  }
+}
+
+}  // namespace stn
+
+// Loops of the kernels: batch elements along z, points along x.
+#define STN_FOR_EACH_N(N) for (int64_t n = blockIdx.z; n < (N); n += gridDim.z)
+#define STN_FOR_EACH_POINT(P)                                                          \
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < (P); \
+       p += int64_t(gridDim.x) * blockDim.x)

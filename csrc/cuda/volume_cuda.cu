@@ -1,0 +1,260 @@
+// CUDA kernels for volumes (5-D input): one thread per (output point, group of
+// channels), as sampler_cuda.cu for images, around the volume math of
+// sampler_math.h. grad_input is scattered with atomic adds into an
+// accumulation-type buffer; grad_theta is reduced per block, then added once
+// per block and batch element.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "../kernels.h"
+#include "launch.cuh"
+
+namespace stn {
+namespace {
+
+// Gradient sinks: where the gradient with respect to each point's source
+// coordinates goes. Points are numbered p = (d * H_out + h) * W_out + w.
+template <typename acc_t>
+struct GridGradSink3 {  // grad_grid (N, D_out, H_out, W_out, 3), contiguous
+  acc_t* data;
+  int64_t points;
+  bool atomic;  // several channel groups add into the same point
+  __device__ void add(int64_t n, int64_t p, int64_t, int64_t, int64_t, Point3<acc_t> g) {
+    store_point_grad(data + (n * points + p) * 3, {g.x, g.y, g.z}, atomic);
+  }
+  __device__ void finish(int64_t) {}
+};
+
+template <typename acc_t>
+struct ThetaGradSink3 {  // grad_theta (N, 3, 4), contiguous, zeroed
+  acc_t* data;
+  ThetaGrid3<acc_t> src;
+  ThetaGradSum3<acc_t> sum;
+  __device__ void add(int64_t, int64_t, int64_t d, int64_t h, int64_t w, Point3<acc_t> g) {
+    sum.add(src.xt(w), src.yt(h), src.zt(d), g);
+  }
+  __device__ void finish(int64_t n) {
+    add_block_sums(data + 12 * n, sum.v);
+    sum = {};
+  }
+};
+
+// Output point p of a (D, H, W) grid, as (d, h, w).
+struct Index3 {
+  int64_t d, h, w;
+};
+__device__ Index3 unflatten(int64_t p, int64_t H, int64_t W) {
+  const int64_t dh = p / W, w = p - dh * W;
+  const int64_t d = dh / H;
+  return {d, dh - d * H, w};
+}
+
+template <typename scalar_t, typename Source>
+__global__ void __launch_bounds__(kMaxThreads)
+volume_forward_kernel(Image3<const scalar_t> in, Image3<scalar_t> out, Source src,
+                      int64_t channels_per_thread, Sampling sampling) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t c0 = blockIdx.y * channels_per_thread;
+  const int64_t c1 = min(c0 + channels_per_thread, in.C);
+  const auto vol = in.template volume_shape<int64_t>();
+  STN_FOR_EACH_N(out.N) {
+    STN_FOR_EACH_POINT(out.D * out.H * out.W) {
+      const Index3 i = unflatten(p, out.H, out.W);
+      const auto loc = locate(src.template point<acc_t>(n, i.d, i.h, i.w), vol, sampling);
+      for (int64_t c = c0; c < c1; ++c) {
+        out.volume(n, c)[out.offset(i.d, i.h, i.w)] =
+            static_cast<scalar_t>(interpolate(in.volume(n, c), loc.corners, vol));
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename Source, typename Sink>
+__global__ void __launch_bounds__(kMaxThreads)
+volume_backward_kernel(Image3<const scalar_t> grad_out, Image3<const scalar_t> in,
+                       Image3<at::opmath_type<scalar_t>> grad_in, Source src, Sink sink,
+                       bool need_grid_grad, int64_t channels_per_thread, Sampling sampling) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const bool need_input_grad = grad_in.data != nullptr;
+  // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
+  const bool grid_grad_nonzero =
+      need_grid_grad && sampling.interpolation == Interpolation::Bilinear;
+  const int64_t c0 = blockIdx.y * channels_per_thread;
+  const int64_t c1 = min(c0 + channels_per_thread, in.C);
+  // grad_in is laid out like in (see ops.cpp), so in's offsets address it.
+  const auto vol = in.template volume_shape<int64_t>();
+  STN_FOR_EACH_N(grad_out.N) {
+    STN_FOR_EACH_POINT(grad_out.D * grad_out.H * grad_out.W) {
+      const Index3 i = unflatten(p, grad_out.H, grad_out.W);
+      const auto loc = locate(src.template point<acc_t>(n, i.d, i.h, i.w), vol, sampling);
+      const auto& t = loc.t;
+      Point3<acc_t> g{acc_t(0), acc_t(0), acc_t(0)};
+      for (int64_t c = c0; c < c1; ++c) {
+        acc_t* grad_in_volume = need_input_grad ? grad_in.volume(n, c) : nullptr;
+        auto add = [&](int64_t offset, acc_t v) { atomicAdd(grad_in_volume + offset, v); };
+        const acc_t go =
+            static_cast<acc_t>(grad_out.volume(n, c)[grad_out.offset(i.d, i.h, i.w)]);
+        interpolate_backward(in.volume(n, c), go, loc.corners, t, vol, need_input_grad,
+                             grid_grad_nonzero, add, g);
+      }
+      if (need_grid_grad) {
+        sink.add(n, p, i.d, i.h, i.w, {g.x * t.x.d, g.y * t.y.d, g.z * t.z.d});
+      }
+    }
+    if (need_grid_grad) sink.finish(n);
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kMaxThreads)
+affine_grid3_kernel(ThetaGrid3<at::opmath_type<scalar_t>> src, scalar_t* grid, int64_t N) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t points = src.D_out * src.H_out * src.W_out;
+  STN_FOR_EACH_N(N) {
+    STN_FOR_EACH_POINT(points) {
+      const Index3 i = unflatten(p, src.H_out, src.W_out);
+      const auto pt = src.template point<acc_t>(n, i.d, i.h, i.w);
+      scalar_t* out = grid + (n * points + p) * 3;
+      out[0] = static_cast<scalar_t>(pt.x);
+      out[1] = static_cast<scalar_t>(pt.y);
+      out[2] = static_cast<scalar_t>(pt.z);
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kMaxThreads)
+affine_grid3_backward_kernel(TensorGrid3<scalar_t> grad_grid,
+                             ThetaGradSink3<at::opmath_type<scalar_t>> sink, int64_t N) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto& src = sink.src;
+  STN_FOR_EACH_N(N) {
+    STN_FOR_EACH_POINT(src.D_out * src.H_out * src.W_out) {
+      const Index3 i = unflatten(p, src.H_out, src.W_out);
+      sink.add(n, p, i.d, i.h, i.w, grad_grid.template point<acc_t>(n, i.d, i.h, i.w));
+    }
+    sink.finish(n);
+  }
+}
+
+int64_t points_of(const at::Tensor& t) { return t.size(2) * t.size(3) * t.size(4); }
+
+template <typename scalar_t, typename Source>
+void volume_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
+                    Sampling sampling) {
+  const auto plan = plan_launch(output.size(0), output.size(1), points_of(output));
+  volume_forward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+      image3_of<const scalar_t>(input), image3_of<scalar_t>(output), src,
+      plan.channels_per_thread, sampling);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// As sample_backward in sampler_cuda.cu: make_sink(split_channels).
+template <typename scalar_t, typename Source, typename MakeSink>
+void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, const Source& src,
+                     const at::Tensor& grad_input, bool need_grid_grad, Sampling sampling,
+                     MakeSink make_sink) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto plan = plan_launch(grad_output.size(0), grad_output.size(1), points_of(grad_output));
+  const auto sink = make_sink(plan.grid.y > 1);
+  volume_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+      image3_of<const scalar_t>(grad_output), image3_of<const scalar_t>(input),
+      grad_input.defined() ? image3_of<acc_t>(grad_input) : Image3<acc_t>{}, src, sink,
+      need_grid_grad, plan.channels_per_thread, sampling);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
+                         const at::Tensor& output, Sampling sampling) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::grid_sample (5-D)", [&] {
+    volume_forward<scalar_t>(input, tensor_grid3_of<scalar_t>(grid), output, sampling);
+  });
+}
+
+void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                          const at::Tensor& grid, const at::Tensor& grad_input,
+                          const at::Tensor& grad_grid, Sampling sampling) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::grid_sample_backward (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    auto make_sink = [&](bool split_channels) {
+      if (split_channels && grad_grid.defined()) {
+        C10_CUDA_CHECK(
+            cudaMemsetAsync(grad_grid.data_ptr(), 0, grad_grid.nbytes(), current_stream()));
+      }
+      return GridGradSink3<acc_t>{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
+                                  points_of(grad_output), split_channels};
+    };
+    volume_backward<scalar_t>(grad_output, input, tensor_grid3_of<scalar_t>(grid), grad_input,
+                              grad_grid.defined(), sampling, make_sink);
+  });
+}
+
+void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
+                           const at::Tensor& output, Sampling sampling) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::affine_sample (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto src = theta_grid3_of<acc_t>(theta, output.sizes().slice(2), sampling.align_corners);
+    volume_forward<scalar_t>(input, src, output, sampling);
+  });
+}
+
+void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                            const at::Tensor& theta, const at::Tensor& grad_input,
+                            const at::Tensor& grad_theta, Sampling sampling) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "stn_cuda::affine_sample_backward (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto src = theta_grid3_of<acc_t>(theta, grad_output.sizes().slice(2),
+                                           sampling.align_corners);
+    auto make_sink = [&](bool) {
+      return ThetaGradSink3<acc_t>{
+          grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src, {}};
+    };
+    volume_backward<scalar_t>(grad_output, input, src, grad_input, grad_theta.defined(),
+                              sampling, make_sink);
+  });
+}
+
+void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grid.scalar_type(),
+                                  "stn_cuda::affine_grid (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t N = grid.size(0);
+    const auto src = theta_grid3_of<acc_t>(theta, grid.sizes().slice(1, 3), align_corners);
+    const auto plan = plan_launch(N, 1, grid.size(1) * grid.size(2) * grid.size(3));
+    affine_grid3_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+        src, grid.data_ptr<scalar_t>(), N);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_theta,
+                          bool align_corners) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_grid.scalar_type(),
+                                  "stn_cuda::affine_grid_backward (5-D)", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t N = grad_grid.size(0);
+    const auto plan = plan_launch(N, 1, grad_grid.size(1) * grad_grid.size(2) * grad_grid.size(3));
+    const ThetaGradSink3<acc_t> sink{
+        grad_theta.data_ptr<acc_t>(),
+        theta_grid3_of<acc_t>(at::Tensor(), grad_grid.sizes().slice(1, 3), align_corners),
+        {}};
+    affine_grid3_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+        tensor_grid3_of<scalar_t>(grad_grid), sink, N);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+}  // namespace
+
+const Kernels& cuda_volume_kernels() {
+  static const Kernels k{grid_sample_forward, grid_sample_backward, affine_sample_forward,
+                         affine_sample_backward, affine_grid_forward, affine_grid_backward};
+  return k;
+}
+
+}  // namespace stn
