@@ -1,11 +1,13 @@
 """What the dispatcher cannot know about stn_cuda's C++ ops: their fake (meta)
-kernels, for torch.compile and shape propagation, and their autograd formulas.
+kernels, for torch.compile and shape propagation, and their autograd formulas, the
+backward ops' included (double backward: gradients of gradients).
 
 The ops themselves (schemas, checks, CPU and CUDA kernels, autocast casts) are in csrc/.
 """
 import torch
 
 from . import _C  # noqa: F401  (loads the library, registering torch.ops.stn_cuda)
+from . import _reference
 
 ops = torch.ops.stn_cuda
 
@@ -53,6 +55,16 @@ def _(grad_output, input, theta, interpolation_mode, padding_mode, align_corners
 # Each forward op saves its tensor inputs and options; its backward op returns the
 # gradients that are needed and skips the work (and allocation) of the others.
 
+def _unless_recording(backward_op, *args):
+    """A backward op called straight to its kernel when no graph is recorded (a plain
+    first backward), skipping its own (Python) autograd layer, which only double
+    backward needs: about 16 us a call."""
+    if torch.is_grad_enabled():
+        return backward_op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return backward_op(*args)
+
+
 def _save_inputs(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:2])
     ctx.options = inputs[2:]
@@ -60,16 +72,16 @@ def _save_inputs(ctx, inputs, output):
 
 def _grid_sample_backward(ctx, grad_output):
     input, grid = ctx.saved_tensors
-    grad_input, grad_grid = ops.grid_sample_backward(
-        grad_output, input, grid, *ctx.options, list(ctx.needs_input_grad[:2]))
+    grad_input, grad_grid = _unless_recording(
+        ops.grid_sample_backward, grad_output, input, grid, *ctx.options, list(ctx.needs_input_grad[:2]))
     return grad_input, grad_grid, None, None, None
 
 
 def _affine_sample_backward(ctx, grad_output):
     input, theta = ctx.saved_tensors
     _out_size, *options = ctx.options
-    grad_input, grad_theta = ops.affine_sample_backward(
-        grad_output, input, theta, *options, list(ctx.needs_input_grad[:2]))
+    grad_input, grad_theta = _unless_recording(
+        ops.affine_sample_backward, grad_output, input, theta, *options, list(ctx.needs_input_grad[:2]))
     return grad_input, grad_theta, None, None, None, None
 
 
@@ -78,12 +90,109 @@ def _affine_grid_setup(ctx, inputs, output):
 
 
 def _affine_grid_backward(ctx, grad_grid):
-    return ops.affine_grid_backward(grad_grid, ctx.align_corners), None, None
+    return _unless_recording(ops.affine_grid_backward, grad_grid, ctx.align_corners), None, None
 
 
-torch.library.register_autograd(
-    "stn_cuda::grid_sample", _grid_sample_backward, setup_context=_save_inputs)
-torch.library.register_autograd(
-    "stn_cuda::affine_sample", _affine_sample_backward, setup_context=_save_inputs)
-torch.library.register_autograd(
-    "stn_cuda::affine_grid", _affine_grid_backward, setup_context=_affine_grid_setup)
+# -- double backward ------------------------------------------------------------------------
+# The backward ops' own autograd. Their results are
+#     grad_input = S(grid)^T grad_output       linear in grad_output, independent of input
+#     grad_grid  = (d S(grid) input / d grid)^T grad_output
+# (S: the sampler as a matrix; for affine_sample, grid = affine_grid(theta) and
+# grad_theta = affine_grid_backward(grad_grid)). Whatever has a closed form in the fast ops
+# uses them; the rest (the grid's second derivatives) differentiates the reference twice.
+# Every formula is differentiable again, so higher orders work too.
+
+def _add(a, b):
+    return b if a is None else a if b is None else a + b
+
+
+def _sampler_grid_terms(grad_output, input, grid, gg_grid, options, needs):
+    """The derivatives of <gg_grid, grad_grid(grad_output, input, grid)> with respect to
+    grad_output, input and grid (None where not needed), from the reference."""
+    if options[0] == _reference.NEAREST or not any(needs):
+        return None, None, None  # nearest's grad_grid is 0 everywhere
+    if input.dim() == 5:
+        raise NotImplementedError(
+            "stn_cuda: double backward through the grid (or theta) gradient of a 5-D volume is not "
+            "implemented yet (through grad_input it is)")
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        # A tensor with history keeps it when the graph is recorded (so that the result
+        # is differentiable again); otherwise a fresh leaf stands for it.
+        go, x, g = (t if create_graph and t.requires_grad else t.detach().requires_grad_()
+                    for t in (grad_output, input, grid))
+        grad_grid, = torch.autograd.grad(_reference.grid_sample(x, g, *options), g, go,
+                                         create_graph=True)
+        wanted = [t for t, need in zip((go, x, g), needs) if need]
+        found = iter(torch.autograd.grad(grad_grid, wanted, gg_grid, create_graph=create_graph,
+                                         allow_unused=True, materialize_grads=True))
+    return tuple(next(found) if need else None for need in needs)
+
+
+def _save_backward_inputs(ctx, inputs, output):
+    # An unused gradient comes as None, not zeros: no reference runs for a grad_grid
+    # that nothing depends on (a penalty on grad_input alone).
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs[:3])
+    ctx.options = inputs[3:6]
+
+
+def _grid_sample_double_backward(ctx, gg_input, gg_grid):
+    grad_output, input, grid = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:3]
+    d_go = d_input = d_grid = None
+    if gg_input is not None:
+        # <gg_input, S^T grad_output> = <S gg_input, grad_output>: the sampler applied to
+        # gg_input, and its gradient with respect to the grid.
+        if needs[0]:
+            d_go = ops.grid_sample(gg_input, grid, *ctx.options)
+        if needs[2]:
+            d_grid = ops.grid_sample_backward(grad_output, gg_input, grid, *ctx.options, [False, True])[1]
+    if gg_grid is not None:
+        terms = _sampler_grid_terms(grad_output, input, grid, gg_grid, ctx.options, needs)
+        d_go, d_input, d_grid = map(_add, (d_go, d_input, d_grid), terms)
+    return d_go, d_input, d_grid, None, None, None, None
+
+
+def _affine_sample_double_backward(ctx, gg_input, gg_theta):
+    grad_output, input, theta = ctx.saved_tensors
+    align_corners = ctx.options[2]
+    out_size = grad_output.shape[2:]
+    needs = ctx.needs_input_grad[:3]
+    d_go = d_input = d_theta = None
+    if gg_input is not None:  # as for grid_sample, with the fused ops
+        if needs[0]:
+            d_go = ops.affine_sample(gg_input, theta, out_size, *ctx.options)
+        if needs[2]:
+            d_theta = ops.affine_sample_backward(grad_output, gg_input, theta, *ctx.options, [False, True])[1]
+    if gg_theta is not None:
+        # grad_theta = affine_grid_backward(grad_grid), whose adjoint is affine_grid: the
+        # grid's terms, with the grid and gg_grid generated (in float32 at least).
+        dtype = torch.promote_types(theta.dtype, torch.float32)
+        grid = ops.affine_grid(theta.to(dtype), grad_output.shape, align_corners)
+        gg_grid = ops.affine_grid(gg_theta.to(dtype), grad_output.shape, align_corners)
+        t_go, t_input, t_grid = _sampler_grid_terms(grad_output, input, grid, gg_grid, ctx.options, needs)
+        t_theta = None if t_grid is None else ops.affine_grid_backward(t_grid, align_corners).to(theta.dtype)
+        d_go, d_input, d_theta = map(_add, (d_go, d_input, d_theta), (t_go, t_input, t_theta))
+    return d_go, d_input, d_theta, None, None, None, None
+
+
+def _affine_grid_backward_setup(ctx, inputs, output):
+    grad_grid, ctx.align_corners = inputs
+    # affine_grid's size (N, C, [D,] H, W); any C.
+    ctx.size = (grad_grid.shape[0], 1, *grad_grid.shape[1:-1])
+
+
+def _affine_grid_double_backward(ctx, gg_theta):
+    # affine_grid_backward is linear in grad_grid, the adjoint of affine_grid.
+    return ops.affine_grid(gg_theta, ctx.size, ctx.align_corners), None
+
+
+for _name, _backward, _setup in [
+        ("grid_sample", _grid_sample_backward, _save_inputs),
+        ("affine_sample", _affine_sample_backward, _save_inputs),
+        ("affine_grid", _affine_grid_backward, _affine_grid_setup),
+        ("grid_sample_backward", _grid_sample_double_backward, _save_backward_inputs),
+        ("affine_sample_backward", _affine_sample_double_backward, _save_backward_inputs),
+        ("affine_grid_backward", _affine_grid_double_backward, _affine_grid_backward_setup)]:
+    torch.library.register_autograd(f"stn_cuda::{_name}", _backward, setup_context=_setup)

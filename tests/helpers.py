@@ -3,6 +3,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import stn_cuda
 
@@ -45,6 +46,16 @@ def theirs(padding_mode, align_corners, mode="bilinear"):
                              align_corners=align_corners)
 
 
+def special_grid(h, w, device, dtype=torch.float64):
+    """A (1, H_out, W_out, 2) grid of the coordinates where the sampler's gradients jump for an
+    h x w input: exact +-1, 0, pixel centres and pixel edges, for either align_corners."""
+    xs = torch.cat([torch.tensor([-1.0, 1.0, 0.0]),
+                    (torch.arange(w) * 2 + 1) / w - 1, torch.arange(w + 1) * 2 / w - 1,
+                    torch.linspace(-1, 1, w)]).double()
+    ys = torch.cat([torch.tensor([-1.0, 1.0, 0.0]), torch.linspace(-1, 1, h), (torch.arange(h) * 2 + 1) / h - 1]).double()
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None].to(device, dtype)
+
+
 def random_theta(n, dtype=torch.float64, device="cpu", spread=0.3):
     """Affine transforms near the identity (spread ~0.3) or far from it (spread ~2)."""
     eye = torch.tensor([[1.0, 0, 0], [0, 1, 0]], dtype=dtype, device=device)
@@ -55,3 +66,19 @@ def torch_affine_sample(input, theta, out_size, padding_mode="zeros", align_corn
     n, c = input.shape[:2]
     grid = F.affine_grid(theta, (n, c, *out_size), align_corners=align_corners)
     return F.grid_sample(input, grid, padding_mode=padding_mode, align_corners=align_corners)
+
+
+class Ops(TorchDispatchMode):
+    """Records the names of the ops that run under it, e.g. "stn_cuda::grid_sample"."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.name())
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def namespaces(self):
+        return {name.split("::")[0] for name in self.names}

@@ -11,11 +11,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import stn_cuda
 from conftest import HAS_CUDA, NO_CUDA_REASON
-from helpers import check_against, grads, leaf, random_theta
+from helpers import Ops, check_against, grads, leaf, random_theta
 
 LOW_PRECISION = [torch.float16, torch.bfloat16]
 
@@ -114,22 +113,6 @@ def test_autocast_casts_like_torch(device, low, dtypes):
 
 
 # -- patch_torch(): torch.nn.functional routed to stn_cuda -------------------------------------
-
-class Ops(TorchDispatchMode):
-    """Records the names of the ops that run under it, e.g. "stn_cuda::grid_sample"."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(func.name())
-        return func(*args, **(kwargs or {}))
-
-    @property
-    def namespaces(self):
-        return {name.split("::")[0] for name in self.names}
-
 
 @pytest.fixture(autouse=True)
 def _unpatched():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
-from helpers import check_against, grads, leaf, ours, theirs
+from helpers import check_against, grads, leaf, ours, special_grid, theirs
 
 # (N, C, H_in, W_in, H_out, W_out): odd, prime and 1-sized dimensions.
 SHAPES = [(2, 3, 7, 5, 4, 6), (1, 1, 1, 1, 3, 3), (3, 2, 13, 1, 5, 7), (1, 4, 1, 17, 2, 11),
@@ -53,11 +53,7 @@ def test_far_out_of_range(device, padding_mode, align_corners):
 def test_special_coordinates(device, padding_mode, align_corners):
     """Exact +-1, 0, pixel centres and pixel edges, where the bilinear neighbours switch."""
     h, w = 5, 8
-    xs = torch.cat([torch.tensor([-1.0, 1.0, 0.0]),
-                    (torch.arange(w) * 2 + 1) / w - 1, torch.arange(w + 1) * 2 / w - 1,
-                    torch.linspace(-1, 1, w)]).double()
-    ys = torch.cat([torch.tensor([-1.0, 1.0, 0.0]), torch.linspace(-1, 1, h), (torch.arange(h) * 2 + 1) / h - 1]).double()
-    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None].to(device)
+    grid = special_grid(h, w, device)
     input = torch.randn(1, 2, h, w, dtype=torch.float64, device=device)
     # Gradients with respect to the grid are discontinuous exactly at these points;
     # ATen and stn_cuda take the same (floor) side, so they must agree there too.
