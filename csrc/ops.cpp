@@ -28,9 +28,6 @@ void check_modes(const char* op, int64_t interpolation_mode, int64_t padding_mod
   TORCH_CHECK_VALUE(0 <= interpolation_mode && interpolation_mode <= 2, op,
                     ": interpolation_mode must be 0 (bilinear), 1 (nearest) or 2 (bicubic), got ",
                     interpolation_mode);
-  TORCH_CHECK_NOT_IMPLEMENTED(
-      static_cast<Interpolation>(interpolation_mode) != Interpolation::Bicubic, op,
-      ": mode='bicubic' is not implemented yet; 'bilinear' and 'nearest' are");
   TORCH_CHECK_VALUE(0 <= padding_mode && padding_mode <= 2, op,
                     ": padding_mode must be 0 (zeros), 1 (border) or 2 (reflection), got ",
                     padding_mode);
