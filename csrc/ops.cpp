@@ -25,18 +25,6 @@ using at::Tensor;
 // ---------------------------------------------------------------------------
 // Argument checks.
 
-void check_modes(const char* op, int64_t interpolation_mode, int64_t padding_mode) {
-  TORCH_CHECK_VALUE(0 <= interpolation_mode && interpolation_mode <= 2, op,
-                    ": interpolation_mode must be 0 (bilinear), 1 (nearest) or 2 (bicubic), got ",
-                    interpolation_mode);
-  TORCH_CHECK_NOT_IMPLEMENTED(
-      static_cast<Interpolation>(interpolation_mode) != Interpolation::Bicubic, op,
-      ": mode='bicubic' is not implemented yet; 'bilinear' and 'nearest' are");
-  TORCH_CHECK_VALUE(0 <= padding_mode && padding_mode <= 2, op,
-                    ": padding_mode must be 0 (zeros), 1 (border) or 2 (reflection), got ",
-                    padding_mode);
-}
-
 Sampling sampling_of(int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
   return {static_cast<Interpolation>(interpolation_mode), static_cast<Padding>(padding_mode),
           align_corners};
@@ -72,6 +60,18 @@ int64_t spatial_dims(const Tensor& input) {
 
 bool all_positive(at::IntArrayRef sizes) {
   return std::all_of(sizes.begin(), sizes.end(), [](int64_t s) { return s > 0; });
+}
+
+// The mode codes, for an input with `dims` spatial dimensions (bicubic is 4-D only, as in torch).
+void check_modes(const char* op, int64_t interpolation_mode, int64_t padding_mode, int64_t dims) {
+  TORCH_CHECK_VALUE(0 <= interpolation_mode && interpolation_mode <= 2, op,
+                    ": interpolation_mode must be 0 (bilinear), 1 (nearest) or 2 (bicubic), got ",
+                    interpolation_mode);
+  TORCH_CHECK_VALUE(dims == 2 || static_cast<Interpolation>(interpolation_mode) != Interpolation::Bicubic,
+                    op, ": mode='bicubic' supports only 4-D input (as in torch), got a 5-D input");
+  TORCH_CHECK_VALUE(0 <= padding_mode && padding_mode <= 2, op,
+                    ": padding_mode must be 0 (zeros), 1 (border) or 2 (reflection), got ",
+                    padding_mode);
 }
 
 void check_input(const char* op, const Tensor& input) {
@@ -187,7 +187,7 @@ Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolatio
                    int64_t padding_mode, bool align_corners) {
   const char* op = "stn_cuda.grid_sample";
   check_grid(op, input, grid);
-  check_modes(op, interpolation_mode, padding_mode);
+  check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   const int64_t dims = spatial_dims(input);
   Tensor output = empty_output(output_sizes(input, grid.sizes().slice(1, dims)), input.options());
   if (output.numel() == 0) return output;
@@ -203,7 +203,7 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
                                                 std::array<bool, 2> output_mask) {
   const char* op = "stn_cuda.grid_sample_backward";
   check_grid(op, input, grid);
-  check_modes(op, interpolation_mode, padding_mode);
+  check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   const int64_t dims = spatial_dims(input);
   check_grad_output(op, grad_output, input, grid.sizes().slice(1, dims));
   const Tensor in = dense(input);
@@ -274,7 +274,7 @@ Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef o
   const int64_t dims = spatial_dims(input);
   check_theta(op, theta, input.size(0), dims, theta_context(dims));
   check_same(op, "theta", theta, "input", input);
-  check_modes(op, interpolation_mode, padding_mode);
+  check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   check_out_size(op, "out_size", out_size, dims);
   Tensor output = empty_output(output_sizes(input, out_size), input.options());
   if (output.numel() == 0) return output;
@@ -294,7 +294,7 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
   const int64_t dims = spatial_dims(input);
   check_theta(op, theta, input.size(0), dims, theta_context(dims));
   check_same(op, "theta", theta, "input", input);
-  check_modes(op, interpolation_mode, padding_mode);
+  check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   TORCH_CHECK_VALUE(grad_output.defined() && grad_output.dim() == input.dim(), op,
                     ": expected grad_output to be ", input.dim(), "-D like input");
   check_grad_output(op, grad_output, input, grad_output.sizes().slice(2));

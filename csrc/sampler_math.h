@@ -121,9 +121,11 @@ STN_HD Dual<T> reflect(Dual<T> p, int64_t twice_low, int64_t twice_high) {
   return {extra + low, grad};
 }
 
+// The padding rule applied to a pixel position (ATen's compute_coordinates):
+// border clips it into the image; reflection reflects it off the image's edges,
+// then clips it (against rounding); zeros leaves it where it is.
 template <typename T>
-STN_HD Dual<T> source_pixel(T coord, int64_t size, Padding padding, bool align_corners) {
-  Dual<T> p = unnormalize(coord, size, align_corners);
+STN_HD Dual<T> pad(Dual<T> p, int64_t size, Padding padding, bool align_corners) {
   if (padding == Padding::Border) {
     p = clip(p, size);
   } else if (padding == Padding::Reflection) {
@@ -131,6 +133,11 @@ STN_HD Dual<T> source_pixel(T coord, int64_t size, Padding padding, bool align_c
     p = clip(p, size);
   }
   return p;
+}
+
+template <typename T>
+STN_HD Dual<T> source_pixel(T coord, int64_t size, Padding padding, bool align_corners) {
+  return pad(unnormalize(coord, size, align_corners), size, padding, align_corners);
 }
 
 // ---------------------------------------------------------------------------
@@ -245,6 +252,159 @@ template <typename T, typename index_t>
 STN_HD Corners<T, index_t> corners(const Bilinear<T, index_t>& b, const Plane<index_t>& plane,
                                    Interpolation interpolation) {
   return interpolation == Interpolation::Nearest ? nearest_corner(b, plane) : corners(b, plane);
+}
+
+// ---------------------------------------------------------------------------
+// mode="bicubic": the 4 x 4 pixels around a point, weighted by the cubic
+// convolution kernel of Keys (1981) with A = -0.75, as ATen's bicubic sampler
+// (and its bicubic upsampling) weighs them.
+//
+// Padding works differently from bilinear: the point is only unnormalised, and
+// each of its taps, at the integer positions floor(x) - 1 .. floor(x) + 2, is
+// clipped or reflected on its own (ATen's get_value_bounded). Border and
+// reflection padding thus extend the image by its edge or mirrored pixels, and
+// d pixel / d coordinate is the unnormalisation factor alone.
+
+// The weights of the taps at distances 1 + t, t, 1 - t and 2 - t from the
+// point, t in [0, 1), written as ATen's get_cubic_upsampling_coefficients.
+template <typename T>
+STN_HD void cubic_weights(T t, T (&w)[4]) {
+  const T A = T(-0.75);
+  auto near = [A](T x) { return ((A + T(2)) * x - (A + T(3))) * x * x + T(1); };      // |x| <= 1
+  auto far = [A](T x) { return ((A * x - T(5) * A) * x + T(8) * A) * x - T(4) * A; };  // 1 < |x| < 2
+  w[0] = far(t + T(1));
+  w[1] = near(t);
+  w[2] = near(T(1) - t);
+  w[3] = far((T(1) - t) + T(1));
+}
+
+// Minus d weight / d t, as ATen's get_cubic_coefficients_grad (whose callers
+// subtract it).
+template <typename T>
+STN_HD void cubic_weight_grads(T t, T (&g)[4]) {
+  const T A = T(-0.75);
+  T x = T(-1) - t;
+  g[0] = (T(-3) * A * x - T(10) * A) * x - T(8) * A;
+  x = -t;
+  g[1] = (T(-3) * (A + T(2)) * x - T(2) * (A + T(3))) * x;
+  x = T(1) - t;
+  g[2] = (T(3) * (A + T(2)) * x - T(2) * (A + T(3))) * x;
+  x = T(2) - t;
+  g[3] = (T(3) * A * x - T(10) * A) * x + T(8) * A;
+}
+
+// A tap's index along an axis: its integer position, padded as a float, then
+// clamped as clamp_pixel does (an outside tap stays outside; huge positions
+// and NaN convert safely) and converted, exactly, as it is an integer.
+template <typename index_t, typename T>
+STN_HD index_t tap_index(T p, int64_t size, Padding padding, bool align_corners) {
+  return static_cast<index_t>(clamp_pixel(pad(Dual<T>{p, T(0)}, size, padding, align_corners).val, size));
+}
+
+// The four taps' indices along an axis, x0 - 1 .. x0 + 2 for x0 = floor(x).
+// Padding leaves taps inside the image where they are, so the common case of
+// four taps inside skips it (and its fmod, for reflection).
+template <typename index_t, typename T>
+STN_HD void tap_indices(T x0, index_t size, Padding padding, bool align_corners, index_t (&taps)[4]) {
+  if (x0 >= T(1) && x0 <= T(size - 3)) {  // false for NaN
+    const index_t first = static_cast<index_t>(x0) - 1;
+STN_UNROLL
+    for (int k = 0; k < 4; ++k) taps[k] = first + k;
+    return;
+  }
+STN_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    // ATen's ix_nw - 1 + k, in floating point.
+    taps[k] = tap_index<index_t>(x0 - T(1) + T(k), size, padding, align_corners);
+  }
+}
+
+// A bicubic point: where its taps are, which of them lie inside the image
+// (the others read as 0 and receive no gradient) and their weights. Computed
+// once per point, used for every channel.
+template <typename T, typename index_t>
+struct Bicubic {
+  index_t x_offset[4], y_offset[4];  // offsets of the taps' columns and rows
+  int inside;                        // bit 4 * j + i: the tap in column i, row j is inside
+  T wx[4], wy[4];                    // weights of the columns and rows
+  T gx[4], gy[4];                    // minus their derivatives with respect to the pixel
+  T dx, dy;                          // d pixel / d coordinate
+};
+
+template <typename index_t, typename T>
+STN_HD Bicubic<T, index_t> bicubic_point(T gx, T gy, const Plane<index_t>& plane, Padding padding,
+                                         bool align_corners) {
+  const Dual<T> px = unnormalize(gx, plane.W, align_corners);
+  const Dual<T> py = unnormalize(gy, plane.H, align_corners);
+  const T x0 = math::floor(px.val), y0 = math::floor(py.val);
+  index_t xs[4], ys[4];
+  tap_indices(x0, plane.W, padding, align_corners, xs);
+  tap_indices(y0, plane.H, padding, align_corners, ys);
+  Bicubic<T, index_t> b;
+  int columns = 0, rows = 0;
+STN_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    columns |= int(in_range(xs[k], plane.W)) << k;
+    rows |= int(in_range(ys[k], plane.H)) << k;
+    b.x_offset[k] = xs[k] * plane.sW;
+    b.y_offset[k] = ys[k] * plane.sH;
+  }
+  // A point whose pixel position is not finite (a non-finite coordinate, or a
+  // float overflow) reads nothing, and its weights stay finite, so that it
+  // samples exactly 0 and passes no gradient.
+  const bool finite = (px.val - px.val) + (py.val - py.val) == T(0);
+  b.inside = 0;
+STN_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    if (finite && (rows >> j & 1)) b.inside |= columns << (4 * j);
+  }
+  const T tx = finite ? px.val - x0 : T(0);
+  const T ty = finite ? py.val - y0 : T(0);
+  cubic_weights(tx, b.wx);
+  cubic_weights(ty, b.wy);
+  cubic_weight_grads(tx, b.gx);
+  cubic_weight_grads(ty, b.gy);
+  b.dx = px.grad;
+  b.dy = py.grad;
+  return b;
+}
+
+// The forward value in one channel plane: each row of taps interpolated along
+// x, then the four rows along y, summed in ATen's order.
+template <typename acc_t, typename scalar_t, typename index_t>
+STN_HD acc_t bicubic_interpolate(const scalar_t* data, const Bicubic<acc_t, index_t>& b) {
+  auto tap = [&](int i, int j) {
+    return b.inside >> (4 * j + i) & 1 ? static_cast<acc_t>(data[b.y_offset[j] + b.x_offset[i]])
+                                       : acc_t(0);
+  };
+  auto row = [&](int j) {
+    return tap(0, j) * b.wx[0] + tap(1, j) * b.wx[1] + tap(2, j) * b.wx[2] + tap(3, j) * b.wx[3];
+  };
+  return row(0) * b.wy[0] + row(1) * b.wy[1] + row(2) * b.wy[2] + row(3) * b.wy[3];
+}
+
+// The backward in one channel plane, as interpolate_backward: scatters into
+// grad_input through `add` and accumulates d loss / d pixel into `grad`, to be
+// scaled by (dx, dy) after the last channel. The taps go in ATen's order
+// (column-major); an outside tap reads 0 and would add 0 to `grad`.
+template <typename acc_t, typename scalar_t, typename index_t, typename AddFn>
+STN_HD void bicubic_backward(const scalar_t* data, acc_t grad_out, const Bicubic<acc_t, index_t>& b,
+                             bool need_input_grad, bool need_grid_grad, AddFn&& add,
+                             Point2<acc_t>& grad) {
+STN_UNROLL
+  for (int i = 0; i < 4; ++i) {
+STN_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      if (!(b.inside >> (4 * j + i) & 1)) continue;
+      const index_t offset = b.y_offset[j] + b.x_offset[i];
+      if (need_input_grad) add(offset, grad_out * b.wx[i] * b.wy[j]);
+      if (need_grid_grad) {
+        const acc_t v = static_cast<acc_t>(data[offset]);
+        grad.x -= v * b.gx[i] * b.wy[j] * grad_out;
+        grad.y -= v * b.gy[j] * b.wx[i] * grad_out;
+      }
+    }
+  }
 }
 
 // A strided (N, C, H, W) view of a tensor's storage.

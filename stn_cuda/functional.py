@@ -26,9 +26,6 @@ def _mode_codes(fn: str, mode: str, padding_mode: str):
     if mode not in _MODES:
         raise ValueError(
             f"stn_cuda.{fn}(): expected mode to be 'bilinear', 'nearest' or 'bicubic', got {mode!r}")
-    if mode == "bicubic":
-        raise NotImplementedError(
-            f"stn_cuda.{fn}(): mode='bicubic' is not implemented yet; 'bilinear' and 'nearest' are")
     if padding_mode not in _PADDING_MODES:
         raise ValueError(
             f"stn_cuda.{fn}(): expected padding_mode to be 'zeros', 'border' or 'reflection', "
@@ -47,7 +44,8 @@ def _check_tensor(fn: str, name: str, value):
 
 def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
                 padding_mode: str = "zeros", align_corners: Optional[bool] = False) -> torch.Tensor:
-    """Drop-in for torch.nn.functional.grid_sample (4-D and 5-D input; bilinear and nearest).
+    """Drop-in for torch.nn.functional.grid_sample (4-D and 5-D input; bilinear, nearest and,
+    4-D only as in torch, bicubic).
 
     input (N, C, H_in, W_in) is sampled at grid (N, H_out, W_out, 2), whose last
     dimension holds normalised (x, y) in [-1, 1]; returns (N, C, H_out, W_out).

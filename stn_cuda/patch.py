@@ -4,7 +4,7 @@ written against torch (kornia, torchvision, your own) uses stn_cuda unchanged.
 Only the attributes of torch.nn.functional are replaced: code that bound the
 functions before patching (``from torch.nn.functional import grid_sample``) keeps
 torch's. A call goes to stn_cuda when stn_cuda computes exactly what torch would,
-and to torch's function otherwise: other modes, tensor subclasses, anything
+and to torch's function otherwise: unknown modes, 5-D bicubic, tensor subclasses, anything
 torch would reject or warn about, so its errors and warnings stay torch's. (The one
 difference that remains is stn_cuda's for grid points with a non-finite coordinate:
 they sample 0 and pass no gradient, in every padding mode; see the README.)
@@ -22,6 +22,7 @@ __all__ = ["patch_torch", "unpatch_torch", "patched_torch"]
 # Plain tensors only: subclasses (DTensor, ...) go to torch, which knows them.
 _TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 _DEVICE_TYPES = ("cpu", "cuda") if _C.built_with_cuda else ("cpu",)
+_MODES = ("bilinear", "nearest", "bicubic")
 _PADDING_MODES = ("zeros", "border", "reflection")
 _originals = {}  # name -> the torch.nn.functional attribute that patch_torch() replaced
 
@@ -41,7 +42,8 @@ def _same_dtype(input, grid) -> bool:
 
 
 def _grid_sample_supported(input, grid, mode, padding_mode, align_corners) -> bool:
-    return (mode in ("bilinear", "nearest") and padding_mode in _PADDING_MODES and align_corners is not None
+    return (mode in _MODES and padding_mode in _PADDING_MODES and align_corners is not None
+            and not (mode == "bicubic" and input.dim() == 5)  # torch raises
             and _supported(input, grid) and _same_dtype(input, grid)
             # images (4-D, grid (x, y)) or volumes (5-D, grid (x, y, z))
             and input.dim() in (4, 5) and grid.dim() == input.dim() and grid.shape[-1] == input.dim() - 2
@@ -79,7 +81,7 @@ _ROUTES = {"grid_sample": _route_grid_sample, "affine_grid": _route_affine_grid}
 
 def patch_torch() -> None:
     """Make torch.nn.functional.grid_sample and affine_grid use stn_cuda for the
-    calls it supports (4-D and 5-D, bilinear or nearest, floating CPU or CUDA tensors), falling back
+    calls it supports (4-D and 5-D, every mode, floating CPU or CUDA tensors), falling back
     to torch's functions for all others. Idempotent; undone by unpatch_torch().
 
     Code that bound the functions before the call (``from torch.nn.functional

@@ -62,10 +62,10 @@ def random_theta(n, dtype=torch.float64, device="cpu", spread=0.3):
     return eye + spread * torch.randn(n, 2, 3, dtype=dtype, device=device)
 
 
-def torch_affine_sample(input, theta, out_size, padding_mode="zeros", align_corners=False):
+def torch_affine_sample(input, theta, out_size, padding_mode="zeros", align_corners=False, mode="bilinear"):
     n, c = input.shape[:2]
     grid = F.affine_grid(theta, (n, c, *out_size), align_corners=align_corners)
-    return F.grid_sample(input, grid, padding_mode=padding_mode, align_corners=align_corners)
+    return F.grid_sample(input, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
 
 
 class Ops(TorchDispatchMode):

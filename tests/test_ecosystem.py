@@ -120,7 +120,7 @@ def _unpatched():
     stn_cuda.unpatch_torch()  # whatever a test does, the next one starts from torch's functions
 
 
-@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 def test_patched_torch_routes_to_stn_cuda(device, mode, padding_mode, align_corners):
     input, grid, theta = sampler_inputs(device)
     size = (2, 3, 4, 5)
@@ -163,10 +163,9 @@ def _5d(x):
 
 
 FALLBACKS = {  # (input, grid, theta) -> a call stn_cuda leaves to torch
-    "bicubic": lambda x, g, t: F.grid_sample(x, g, mode="bicubic", align_corners=True),
     "5-D input, 4-D grid": lambda x, g, t: F.grid_sample(_5d(x), g, align_corners=False),
     "5-D bicubic": lambda x, g, t: F.grid_sample(_5d(x), _5d(torch.cat([g, g[..., :1]], -1)), mode="bicubic",
-                                                 align_corners=False),
+                                                 align_corners=False),  # torch raises
     "align_corners=None": lambda x, g, t: F.grid_sample(x, g),  # torch warns
     "dtypes differ": lambda x, g, t: F.grid_sample(x, g.double(), align_corners=False),
     "integer input": lambda x, g, t: F.grid_sample(x.long(), g, align_corners=False),

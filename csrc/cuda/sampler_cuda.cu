@@ -44,7 +44,9 @@ struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous, zeroed
   }
 };
 
-template <typename scalar_t, typename Source>
+// kBicubic: mode="bicubic" (16 taps per point) in a kernel of its own, so that
+// its registers do not weigh on the bilinear and nearest kernels.
+template <bool kBicubic, typename scalar_t, typename Source>
 __global__ void __launch_bounds__(kMaxThreads)
 sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
                       int64_t channels_per_thread, Sampling sampling) {
@@ -56,18 +58,27 @@ sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
     STN_FOR_EACH_POINT(out.H * out.W) {
       const int64_t h = p / out.W, w = p - h * out.W;
       const auto pt = src.template point<acc_t>(n, h, w);
-      const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
-                                             sampling.align_corners);
-      const auto corner = corners(b, plane, sampling.interpolation);
-      for (int64_t c = c0; c < c1; ++c) {
-        out.plane(n, c)[out.offset(h, w)] =
-            static_cast<scalar_t>(interpolate(in.plane(n, c), corner, plane));
+      if constexpr (kBicubic) {
+        const auto b = bicubic_point<int64_t>(pt.x, pt.y, plane, sampling.padding,
+                                              sampling.align_corners);
+        for (int64_t c = c0; c < c1; ++c) {
+          out.plane(n, c)[out.offset(h, w)] =
+              static_cast<scalar_t>(bicubic_interpolate(in.plane(n, c), b));
+        }
+      } else {
+        const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
+                                               sampling.align_corners);
+        const auto corner = corners(b, plane, sampling.interpolation);
+        for (int64_t c = c0; c < c1; ++c) {
+          out.plane(n, c)[out.offset(h, w)] =
+              static_cast<scalar_t>(interpolate(in.plane(n, c), corner, plane));
+        }
       }
     }
   }
 }
 
-template <typename scalar_t, typename Source, typename Sink>
+template <bool kBicubic, typename scalar_t, typename Source, typename Sink>
 __global__ void __launch_bounds__(kMaxThreads)
 sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
                        Image<at::opmath_type<scalar_t>> grad_in, Source src, Sink sink,
@@ -76,7 +87,7 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
   const bool need_input_grad = grad_in.data != nullptr;
   // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
   const bool grid_grad_nonzero =
-      need_grid_grad && sampling.interpolation == Interpolation::Bilinear;
+      need_grid_grad && sampling.interpolation != Interpolation::Nearest;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
   // grad_in is laid out like in (see ops.cpp), so in's offsets address it.
@@ -85,18 +96,36 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
     STN_FOR_EACH_POINT(grad_out.H * grad_out.W) {
       const int64_t h = p / grad_out.W, w = p - h * grad_out.W;
       const auto pt = src.template point<acc_t>(n, h, w);
-      const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
-                                             sampling.align_corners);
-      const auto corner = corners(b, plane, sampling.interpolation);
-      Point2<acc_t> g{acc_t(0), acc_t(0)};
-      for (int64_t c = c0; c < c1; ++c) {
-        acc_t* grad_in_plane = need_input_grad ? grad_in.plane(n, c) : nullptr;
-        auto add = [&](int64_t offset, acc_t v) { atomicAdd(grad_in_plane + offset, v); };
-        const acc_t go = static_cast<acc_t>(grad_out.plane(n, c)[grad_out.offset(h, w)]);
-        interpolate_backward(in.plane(n, c), go, corner, b, plane, need_input_grad,
-                             grid_grad_nonzero, add, g);
+      // The backward of the point, channel by channel: `channel` scatters into
+      // grad_input and accumulates d loss / d pixel, which the sink gets scaled
+      // by d pixel / d coordinate.
+      auto point_backward = [&](Point2<acc_t> d_pixel, auto&& channel) {
+        Point2<acc_t> g{acc_t(0), acc_t(0)};
+        for (int64_t c = c0; c < c1; ++c) {
+          acc_t* grad_in_plane = need_input_grad ? grad_in.plane(n, c) : nullptr;
+          auto add = [&](int64_t offset, acc_t v) { atomicAdd(grad_in_plane + offset, v); };
+          const acc_t go = static_cast<acc_t>(grad_out.plane(n, c)[grad_out.offset(h, w)]);
+          channel(in.plane(n, c), go, add, g);
+        }
+        if (need_grid_grad) sink.add(n, h, w, {g.x * d_pixel.x, g.y * d_pixel.y});
+      };
+      if constexpr (kBicubic) {
+        const auto b = bicubic_point<int64_t>(pt.x, pt.y, plane, sampling.padding,
+                                              sampling.align_corners);
+        point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t go, auto& add,
+                                         Point2<acc_t>& g) {
+          bicubic_backward(data, go, b, need_input_grad, grid_grad_nonzero, add, g);
+        });
+      } else {
+        const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
+                                               sampling.align_corners);
+        const auto corner = corners(b, plane, sampling.interpolation);
+        point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t go, auto& add,
+                                         Point2<acc_t>& g) {
+          interpolate_backward(data, go, corner, b, plane, need_input_grad, grid_grad_nonzero,
+                               add, g);
+        });
       }
-      if (need_grid_grad) sink.add(n, h, w, {g.x * b.dx, g.y * b.dy});
     }
     if (need_grid_grad) sink.finish(n);
   }
@@ -136,7 +165,10 @@ template <typename scalar_t, typename Source>
 void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
                     Sampling sampling) {
   const auto plan = plan_launch(output.size(0), output.size(1), output.size(2) * output.size(3));
-  sample_forward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+  const auto kernel = sampling.interpolation == Interpolation::Bicubic
+                          ? sample_forward_kernel<true, scalar_t, Source>
+                          : sample_forward_kernel<false, scalar_t, Source>;
+  kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
       image_of<const scalar_t>(input), image_of<scalar_t>(output), src,
       plan.channels_per_thread, sampling);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -152,7 +184,11 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   const auto plan =
       plan_launch(grad_output.size(0), grad_output.size(1), grad_output.size(2) * grad_output.size(3));
   const auto sink = make_sink(plan.grid.y > 1);
-  sample_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+  using SinkT = std::decay_t<decltype(sink)>;
+  const auto kernel = sampling.interpolation == Interpolation::Bicubic
+                          ? sample_backward_kernel<true, scalar_t, Source, SinkT>
+                          : sample_backward_kernel<false, scalar_t, Source, SinkT>;
+  kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
       image_of<const scalar_t>(grad_output), image_of<const scalar_t>(input),
       grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
       need_grid_grad, plan.channels_per_thread, sampling);
