@@ -111,10 +111,6 @@ def _sampler_grid_terms(grad_output, input, grid, gg_grid, options, needs):
     grad_output, input and grid (None where not needed), from the reference."""
     if options[0] == _reference.NEAREST or not any(needs):
         return None, None, None  # nearest's grad_grid is 0 everywhere
-    if input.dim() == 5:
-        raise NotImplementedError(
-            "stn_cuda: double backward through the grid (or theta) gradient of a 5-D volume is not "
-            "implemented yet (through grad_input it is)")
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         # A tensor with history keeps it when the graph is recorded (so that the result

@@ -5,6 +5,8 @@ The kernels' backward ops have no derivative formulas of their own; their autogr
 (stn_cuda/_ops.py) differentiates this reference where no closed form with the fast
 ops exists. It runs only for double backward, never for the forward or first backward.
 
+Images (N, C, H, W) and volumes (N, C, D, H, W) alike: each axis is padded on its own,
+the taps are the corners of a square or cube (bicubic is for images only, as in torch).
 It follows csrc/sampler_math.h (and ATen) step by step, conventions included:
 - padding gradients as ATen's: clipping passes gradient 0 at and beyond the borders,
   each reflection flips its sign;
@@ -14,6 +16,10 @@ It follows csrc/sampler_math.h (and ATen) step by step, conventions included:
   applied to each tap's position, the gradient through the weights alone.
 Gathers read the taps; their backward scatters, so every derivative is autograd's.
 """
+import functools
+import math
+import operator
+
 import torch
 
 BILINEAR, NEAREST, BICUBIC = 0, 1, 2
@@ -67,33 +73,41 @@ def clamp_pixel(p, size):
 
 # -- reading taps --------------------------------------------------------------------------
 
-def reader(planes, height, width):
-    """read(ix, iy): planes (N, C, H * W) at integral pixel positions ix, iy (N, 1, P),
-    0 where a position lies outside the image (no index is formed for those)."""
+def reader(planes, sizes):
+    """read(*positions): planes (N, C, prod(sizes)) at integral pixel positions (N, 1, P), one
+    per axis in the grid's order x, y[, z] as sizes (W, H[, D]); 0 where a position lies
+    outside the image (no index is formed for those)."""
     n, c, _ = planes.shape
 
-    def read(ix, iy):
-        inside = (ix >= 0) & (ix <= width - 1) & (iy >= 0) & (iy <= height - 1)
-        index = torch.where(inside, iy, 0).long() * width + torch.where(inside, ix, 0).long()
+    def read(*positions):
+        inside = functools.reduce(operator.and_, ((p >= 0) & (p <= size - 1)
+                                                  for p, size in zip(positions, sizes)))
+        index, stride = 0, 1
+        for p, size in zip(positions, sizes):  # x is the fastest axis in memory
+            index = index + torch.where(inside, p, 0).long() * stride
+            stride *= size
         return torch.where(inside, planes.gather(2, index.expand(n, c, -1)), 0)
 
     return read
 
 
-# -- the three interpolations, on pixel coordinates (N, 1, P) -> (N, C, P) ------------------------
+# -- the three interpolations, on normalised coordinates (N, 1, P) each -> (N, C, P) --------------
 
-def bilinear_or_nearest(read, gx, gy, height, width, interpolation_mode, padding_mode, align_corners):
-    x = clamp_pixel(pad(unnormalize(gx, width, align_corners), width, padding_mode, align_corners), width)
-    y = clamp_pixel(pad(unnormalize(gy, height, align_corners), height, padding_mode, align_corners), height)
+def bilinear_or_nearest(read, coords, sizes, interpolation_mode, padding_mode, align_corners):
+    """Bilinear (trilinear for a volume) or nearest at coords (x, y[, z]), sizes (W, H[, D])."""
+    positions = [clamp_pixel(pad(unnormalize(g, size, align_corners), size, padding_mode, align_corners), size)
+                 for g, size in zip(coords, sizes)]
     if interpolation_mode == NEAREST:  # rounding halves to even, as the kernels; no gradient to the grid
-        return read(torch.round(x.detach()), torch.round(y.detach()))
-    x0, y0 = torch.floor(x.detach()), torch.floor(y.detach())
-    wx = ((x0 + 1) - x, x - x0)  # written as ATen writes them
-    wy = ((y0 + 1) - y, y - y0)
+        return read(*(torch.round(p.detach()) for p in positions))
+    lows = [torch.floor(p.detach()) for p in positions]
+    weights = [((p0 + 1) - p, p - p0) for p, p0 in zip(positions, lows)]  # written as ATen writes them
     out = 0
-    for k in range(4):  # ATen's order: nw, ne, sw, se
-        i, j = k & 1, k >> 1
-        out = out + read(x0 + i, y0 + j) * (wx[i] * wy[j])
+    # ATen's order: corner k has offset (k >> axis) & 1 along each axis, x fastest (nw, ne, sw,
+    # se, then the bottom layer's), its weight the product w_x * w_y [* w_z] in that order.
+    for k in range(2 ** len(positions)):
+        offsets = [(k >> axis) & 1 for axis in range(len(positions))]
+        weight = functools.reduce(operator.mul, (w[o] for w, o in zip(weights, offsets)))
+        out = out + read(*(p0 + o for p0, o in zip(lows, offsets))) * weight
     return out
 
 
@@ -111,7 +125,9 @@ def cubic_weights(t):
     return far(t + 1), near(t), near(s), far(s + 1)
 
 
-def bicubic(read, gx, gy, height, width, padding_mode, align_corners):
+def bicubic(read, coords, sizes, padding_mode, align_corners):
+    """Bicubic at coords (x, y) of an image of sizes (W, H)."""
+    (gx, gy), (width, height) = coords, sizes
     # The position itself is not padded (ATen: the taps' directions would break at a border).
     x, y = unnormalize(gx, width, align_corners), unnormalize(gy, height, align_corners)
     # A position that overflowed to infinity: no taps, as for a non-finite coordinate.
@@ -131,22 +147,23 @@ def bicubic(read, gx, gy, height, width, padding_mode, align_corners):
 
 
 def grid_sample(input, grid, interpolation_mode=BILINEAR, padding_mode=ZEROS, align_corners=False):
-    """stn_cuda.grid_sample with the ops' integer codes: input (N, C, H, W) sampled at
-    grid (N, H_out, W_out, 2). Computed in float32 at least (as the kernels accumulate);
-    the result has input's dtype."""
-    n, c, height, width = input.shape
-    _, h_out, w_out, _ = grid.shape
+    """stn_cuda.grid_sample with the ops' integer codes: input (N, C, [D,] H, W) sampled at
+    grid (N, [D_out,] H_out, W_out, 2 or 3). Computed in float32 at least (as the kernels
+    accumulate); the result has input's dtype."""
+    n, c, *spatial = input.shape
+    out_spatial, dims = grid.shape[1:-1], grid.shape[-1]
+    if interpolation_mode == BICUBIC and dims != 2:
+        raise ValueError("bicubic interpolation is for 4-D input only")
     dtype = torch.promote_types(torch.promote_types(input.dtype, grid.dtype), torch.float32)
-    planes = input.to(dtype).reshape(n, c, height * width)
-    points = grid.to(dtype).reshape(n, 1, h_out * w_out, 2)
+    planes = input.to(dtype).reshape(n, c, math.prod(spatial))
+    points = grid.to(dtype).reshape(n, 1, math.prod(out_spatial), dims)
     finite = torch.isfinite(points).all(-1)
     points = torch.where(finite[..., None], points, 0)  # no NaN reaches the arithmetic or its gradient
-    gx, gy = points[..., 0], points[..., 1]
-    read = reader(planes, height, width)
+    coords, sizes = points.unbind(-1), spatial[::-1]  # both in the grid's order x, y[, z]
+    read = reader(planes, sizes)
     if interpolation_mode == BICUBIC:
-        out = bicubic(read, gx, gy, height, width, padding_mode, align_corners)
+        out = bicubic(read, coords, sizes, padding_mode, align_corners)
     else:
-        out = bilinear_or_nearest(read, gx, gy, height, width, interpolation_mode, padding_mode,
-                                  align_corners)
+        out = bilinear_or_nearest(read, coords, sizes, interpolation_mode, padding_mode, align_corners)
     out = torch.where(finite, out, 0)
-    return out.reshape(n, c, h_out, w_out).to(input.dtype)
+    return out.reshape(n, c, *out_spatial).to(input.dtype)

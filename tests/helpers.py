@@ -46,20 +46,25 @@ def theirs(padding_mode, align_corners, mode="bilinear"):
                              align_corners=align_corners)
 
 
-def special_grid(h, w, device, dtype=torch.float64):
-    """A (1, H_out, W_out, 2) grid of the coordinates where the sampler's gradients jump for an
-    h x w input: exact +-1, 0, pixel centres and pixel edges, for either align_corners."""
-    xs = torch.cat([torch.tensor([-1.0, 1.0, 0.0]),
-                    (torch.arange(w) * 2 + 1) / w - 1, torch.arange(w + 1) * 2 / w - 1,
-                    torch.linspace(-1, 1, w)]).double()
-    ys = torch.cat([torch.tensor([-1.0, 1.0, 0.0]), torch.linspace(-1, 1, h), (torch.arange(h) * 2 + 1) / h - 1]).double()
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)[None].to(device, dtype)
+def special_coordinates(size, dtype=torch.float64):
+    """The normalised coordinates where the sampler's gradients jump along an axis of `size`
+    pixels: exact +-1, 0, pixel centres and pixel edges, for either align_corners."""
+    return torch.cat([torch.tensor([-1.0, 1.0, 0.0]), (torch.arange(size) * 2 + 1) / size - 1,
+                      torch.arange(size + 1) * 2 / size - 1, torch.linspace(-1, 1, size)]).to(dtype)
 
 
-def random_theta(n, dtype=torch.float64, device="cpu", spread=0.3):
-    """Affine transforms near the identity (spread ~0.3) or far from it (spread ~2)."""
-    eye = torch.tensor([[1.0, 0, 0], [0, 1, 0]], dtype=dtype, device=device)
-    return eye + spread * torch.randn(n, 2, 3, dtype=dtype, device=device)
+def special_grid(sizes, device, dtype=torch.float64):
+    """A (1, [D_out,] H_out, W_out, 2 or 3) grid of every combination of special_coordinates
+    for an input of spatial sizes ([D,] H, W)."""
+    axes = torch.meshgrid(*(special_coordinates(size, dtype) for size in sizes), indexing="ij")
+    return torch.stack(axes[::-1], -1)[None].to(device)  # x, y[, z]
+
+
+def random_theta(n, dtype=torch.float64, device="cpu", spread=0.3, dims=2):
+    """Affine transforms (N, dims, dims + 1) near the identity (spread ~0.3) or far from it
+    (spread ~2)."""
+    eye = torch.eye(dims, dims + 1, dtype=dtype, device=device)
+    return eye + spread * torch.randn(n, dims, dims + 1, dtype=dtype, device=device)
 
 
 def torch_affine_sample(input, theta, out_size, padding_mode="zeros", align_corners=False, mode="bilinear"):

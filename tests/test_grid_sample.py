@@ -77,7 +77,7 @@ def test_special_coordinates(device, padding_mode, align_corners, mode):
     """Exact +-1, 0, pixel centres and pixel edges, where the neighbours (bilinear) or
     taps (bicubic) switch."""
     h, w = 5, 8
-    grid = special_grid(h, w, device)
+    grid = special_grid((h, w), device)
     input = torch.randn(1, 2, h, w, dtype=torch.float64, device=device)
     # Bilinear gradients with respect to the grid are discontinuous exactly at these
     # points; ATen and stn_cuda take the same (floor) side, so they must agree there too.

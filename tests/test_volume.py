@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
-from helpers import check_against, grads, leaf, ours, theirs
+from helpers import check_against, grads, leaf, ours, random_theta, special_grid, theirs
 
 # torch's affine_grid warns about 1-pixel outputs with align_corners=True; those are tested.
 pytestmark = pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid")
@@ -24,11 +24,6 @@ def make(shape, device, dtype=torch.float64, spread=1.5):
     input = torch.randn(n, c, d, h, w, dtype=dtype, device=device, requires_grad=True)
     grid = ((torch.rand(n, do, ho, wo, 3, dtype=dtype, device=device) * 2 - 1) * spread).requires_grad_()
     return input, grid
-
-
-def random_theta3(n, dtype=torch.float64, device="cpu", spread=0.3):
-    eye = torch.eye(3, 4, dtype=dtype, device=device)
-    return eye + spread * torch.randn(n, 3, 4, dtype=dtype, device=device)
 
 
 # -- grid_sample -------------------------------------------------------------------------
@@ -65,13 +60,7 @@ def test_nearest_rounds_halves_to_even(device, align_corners):
 def test_special_coordinates(device, padding_mode, align_corners):
     """Exact +-1, 0, pixel centres and pixel edges, where the trilinear neighbours switch."""
     d, h, w = 3, 4, 5
-
-    def specials(size):
-        return torch.cat([torch.tensor([-1.0, 1.0, 0.0]), (torch.arange(size) * 2 + 1) / size - 1,
-                          torch.arange(size + 1) * 2 / size - 1, torch.linspace(-1, 1, size)]).double()
-
-    zs, ys, xs = torch.meshgrid(specials(d), specials(h), specials(w), indexing="ij")
-    grid = torch.stack([xs, ys, zs], -1)[None].to(device)
+    grid = special_grid((d, h, w), device)
     input = torch.randn(1, 2, d, h, w, dtype=torch.float64, device=device)
     for mode in MODES:
         check_against(ours(padding_mode, align_corners, mode), theirs(padding_mode, align_corners, mode),
@@ -210,7 +199,7 @@ def test_backward_is_deterministic_on_cpu():
 @pytest.mark.parametrize("size", [(2, 3, 4, 5, 6), (1, 1, 1, 1, 1), (3, 2, 7, 1, 3), (2, 1, 1, 13, 1), (1, 1, 9, 11, 13)],
                          ids=str)
 def test_affine_grid_matches_torch(device, align_corners, size):
-    theta = random_theta3(size[0], device=device, spread=1.0).requires_grad_()
+    theta = random_theta(size[0], device=device, spread=1.0, dims=3).requires_grad_()
     check_against(functools.partial(stn_cuda.affine_grid, size=size, align_corners=align_corners),
                   functools.partial(F.affine_grid, size=size, align_corners=align_corners), (theta,))
 
@@ -223,7 +212,7 @@ def test_affine_grid_identity_is_torch_layout(device, align_corners):
 
 
 def test_affine_grid_gradcheck(device, align_corners):
-    theta = random_theta3(2, device=device).requires_grad_()
+    theta = random_theta(2, device=device, dims=3).requires_grad_()
     assert torch.autograd.gradcheck(
         lambda t: stn_cuda.affine_grid(t, (2, 3, 3, 4, 5), align_corners=align_corners), (theta,))
 
@@ -239,7 +228,7 @@ def torch_affine_sample3(input, theta, out_size, mode="bilinear", padding_mode="
 def test_affine_sample_matches_composition(device, mode, padding_mode, align_corners, shape):
     n, c, d, h, w, *out_size = shape
     input = torch.randn(n, c, d, h, w, dtype=torch.float64, device=device, requires_grad=True)
-    theta = random_theta3(n, device=device, spread=0.4).requires_grad_(mode == "bilinear")
+    theta = random_theta(n, device=device, spread=0.4, dims=3).requires_grad_(mode == "bilinear")
     check_against(
         functools.partial(stn_cuda.affine_sample, out_size=out_size, mode=mode, padding_mode=padding_mode,
                           align_corners=align_corners),
@@ -249,7 +238,7 @@ def test_affine_sample_matches_composition(device, mode, padding_mode, align_cor
 
 def test_affine_sample_out_size_defaults_to_input(device):
     input = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64, device=device)
-    theta = random_theta3(2, device=device)
+    theta = random_theta(2, device=device, dims=3)
     out = stn_cuda.affine_sample(input, theta)
     assert out.shape == input.shape
     torch.testing.assert_close(out, torch_affine_sample3(input, theta, (4, 5, 6)))
@@ -259,7 +248,7 @@ def test_affine_sample_out_size_defaults_to_input(device):
 
 def test_affine_sample_gradcheck(device, padding_mode, align_corners):
     input = torch.randn(2, 2, 3, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
-    theta = random_theta3(2, device=device, spread=0.4).requires_grad_()
+    theta = random_theta(2, device=device, spread=0.4, dims=3).requires_grad_()
     fn = functools.partial(stn_cuda.affine_sample, out_size=(2, 3, 4), padding_mode=padding_mode,
                            align_corners=align_corners)
     assert torch.autograd.gradcheck(fn, (input, theta))
@@ -267,7 +256,7 @@ def test_affine_sample_gradcheck(device, padding_mode, align_corners):
 
 def test_affine_sample_memory_layouts(device):
     input = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64, device=device)
-    theta = random_theta3(2, device=device, spread=0.5)
+    theta = random_theta(2, device=device, spread=0.5, dims=3)
     for x in (input.contiguous(memory_format=torch.channels_last_3d),
               input.transpose(2, 4).contiguous().transpose(2, 4), input[:1].expand(2, -1, -1, -1, -1)):
         check_against(functools.partial(stn_cuda.affine_sample, out_size=(4, 3, 5), padding_mode="border"),
@@ -277,7 +266,7 @@ def test_affine_sample_memory_layouts(device):
 
 def test_opcheck(device):
     input, grid = make((2, 3, 3, 4, 5, 2, 3, 4), device)
-    theta = random_theta3(2, device=device)
+    theta = random_theta(2, device=device, dims=3)
     ops = torch.ops.stn_cuda
     x, g = input.detach(), grid.detach()
     torch.library.opcheck(ops.grid_sample.default, (x, g, 0, 2, True))
@@ -297,7 +286,7 @@ def test_compiles(device):
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     input, grid = make((2, 3, 3, 4, 5, 2, 3, 4), device)
-    theta = random_theta3(2, device=device).requires_grad_()
+    theta = random_theta(2, device=device, dims=3).requires_grad_()
     go = torch.randn(2, 3, 2, 3, 4, dtype=torch.float64, device=device)
 
     def output_and_grads(fn):
