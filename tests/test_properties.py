@@ -33,19 +33,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stn_cuda
+from conftest import PADDING_MODES
 from helpers import check_against, grads, leaf
 
 # The fixtures used here (device, the autouse seed) hold nothing an example could change.
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                      HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("ci", max_examples=25, derandomize=True, database=None, print_blob=True,
-                          **_COMMON)
+_REPRODUCIBLE = dict(derandomize=True, database=None, print_blob=True, **_COMMON)
+settings.register_profile("ci", max_examples=25, **_REPRODUCIBLE)
 settings.register_profile("long", max_examples=25 * 25, **_COMMON)
-settings.register_profile("quick", max_examples=5, derandomize=True, database=None, print_blob=True,
-                          **_COMMON)  # under compute-sanitizer (scripts/gpu_check.sh)
+settings.register_profile("quick", max_examples=5, **_REPRODUCIBLE)  # under compute-sanitizer
 PROFILE = settings.get_profile(os.environ.get("STN_HYPOTHESIS_PROFILE", "ci"))
 
-PADDING_MODES = ["zeros", "border", "reflection"]
 F64 = torch.float64
 
 
@@ -157,7 +156,7 @@ def randn(draw, *shape):
 
 
 def seed_torch(data):
-    """Seed torch's generator (check_against's grad_output) from the example, so that
+    """Seed torch's generator (grad_output's values) from the example, so that
     replaying an example replays it all."""
     torch.manual_seed(data.draw(st.integers(0, 2**32 - 1), "torch seed"))
 
