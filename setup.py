@@ -6,6 +6,11 @@ else a CPU-only extension (with a message saying so). Environment:
   TORCH_CUDA_ARCH_LIST    GPU architectures to compile for; without it, the visible
                           GPUs' architectures, or DEFAULT_ARCHS when none is visible
   STN_CUDA_DEBUG=1        -O0 -g, for debuggers and sanitizers
+  STN_CUDA_SANITIZE=1     a CPU-only extension built with AddressSanitizer and
+                          UndefinedBehaviorSanitizer (-O1 -g, every report fatal);
+                          python is not instrumented, so load it with the ASan runtime
+                          preloaded: scripts/sanitize.sh builds a copy and runs the
+                          CPU tests that way, leaving the normal build alone
 """
 import glob
 import os
@@ -17,9 +22,19 @@ from torch.utils import cpp_extension
 DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
 FORCE_CUDA = os.environ.get("FORCE_CUDA", "0") == "1"
 DEBUG = os.environ.get("STN_CUDA_DEBUG", "0") == "1"
+SANITIZE = os.environ.get("STN_CUDA_SANITIZE", "0") == "1"
+# -O1 keeps the reports' stacks readable and the tests' run time bearable; recovering
+# from a report would let a test pass after one. float-cast-overflow (not part of
+# "undefined" in GCC) checks that no pixel position overflows its conversion to an index.
+SANITIZE_FLAGS = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer", "-g", "-O1",
+                  "-fno-wrapv"]  # Python's -fwrapv would make signed overflow defined, unchecked
 
 
 def want_cuda():
+    if SANITIZE:
+        print("stn_cuda: STN_CUDA_SANITIZE=1: a CPU-only extension under ASan and UBSan")
+        return False
     missing = []
     if torch.version.cuda is None:
         missing.append(f"torch {torch.__version__} is a CPU-only build")
@@ -41,6 +56,9 @@ def extension():
     # Nothing relies on floating-point traps; without them the compiler may
     # vectorise the CPU kernels' branch-free loops over points (cpu/).
     cxx = opt + ["-fno-trapping-math"]
+    if SANITIZE:
+        return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx + SANITIZE_FLAGS},
+                                          extra_link_args=SANITIZE_FLAGS)
     if not cuda:
         return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx})
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():

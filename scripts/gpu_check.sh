@@ -18,7 +18,9 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA
 export FORCE_CUDA=1 PATH="$CUDA_HOME/bin:$PATH"
 # Tests that reach every kernel with odd shapes, strides, far and non-finite points:
 # where an out-of-bounds access or an uninitialised read would be.
-export SANITIZED="cuda and (matches_torch or memory_layouts or huge_coordinates or non_finite or empty)"
+# The property tests (a few examples each) add random layouts and edge coordinates; the
+# concurrency tests, several streams and threads.
+export SANITIZED="cuda and (matches_torch or memory_layouts or huge_coordinates or non_finite or empty or property or streams or threads)"
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 status=0
@@ -37,7 +39,7 @@ print("GPU", torch.cuda.get_device_name() if torch.cuda.is_available() else None
 sanitize() {  # sanitize TOOL: the SANITIZED tests under compute-sanitizer --tool TOOL
   # Without the caching allocator every tensor is its own allocation, so memcheck sees
   # an access past a tensor's end.
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$1" --error-exitcode 99 \
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 STN_HYPOTHESIS_PROFILE=quick compute-sanitizer --tool "$1" --error-exitcode 99 \
     "$PY" -m pytest -q -p no:cacheprovider tests -k "$SANITIZED" --junitxml="$OUT/$1.xml"
 }
 export -f versions sanitize

@@ -18,7 +18,8 @@ pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 missing=$("$PY" - <<'PYEOF'
 import importlib.util
 need = {"ninja": "ninja", "pybind11": "pybind11", "pytest": "pytest", "setuptools": "setuptools",
-        "tqdm": "tqdm", "matplotlib": "matplotlib", "numpy": "numpy", "mlxtend": "mlxtend"}
+        "tqdm": "tqdm", "matplotlib": "matplotlib", "numpy": "numpy", "mlxtend": "mlxtend",
+        "hypothesis": "hypothesis"}
 print(" ".join(pkg for mod, pkg in need.items() if importlib.util.find_spec(mod) is None))
 PYEOF
 )

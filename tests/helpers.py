@@ -14,7 +14,10 @@ def grads(out, inputs, grad_output):
 
 
 def leaf(t, requires_grad=True):
-    return t.detach().clone().requires_grad_(requires_grad)
+    """A new autograd leaf with t's values and memory layout (strides, storage offset,
+    expanded dimensions), sharing its storage: clone() would make a sliced or expanded
+    tensor contiguous, and the kernels would never see its strides."""
+    return t.detach().requires_grad_(requires_grad)
 
 
 def check_against(fn, ref_fn, args, *, atol=1e-10, rtol=1e-8, grad_output=None):
