@@ -16,11 +16,10 @@ const GatherKernels& gather_kernels_for(const at::Tensor& t) {
   return cpu_gather_kernels();
 }
 
-// Steps 1 to 3 for grad_input; `cells_of(unused, keys, weights)` runs step 1.
-template <typename CellsOf>
+// Steps 1 to 3 for grad_input.
 void gather_grad_input(const at::Tensor& grad_output, const at::Tensor& input,
-                       const at::Tensor& grad_input, Interpolation interpolation,
-                       CellsOf&& cells_of) {
+                       const at::Tensor& source, const at::Tensor& grad_input, Sampling sampling) {
+  const GatherKernels& kernels = gather_kernels_for(input);
   const int64_t points = grad_output.size(0) * grad_output.size(2) * grad_output.size(3);
   const CellShape cells{input.size(2), input.size(3)};
   const int64_t unused = input.size(0) * cells.cells();  // after every cell's key
@@ -28,12 +27,12 @@ void gather_grad_input(const at::Tensor& grad_output, const at::Tensor& input,
   const at::Tensor keys = at::empty({points}, index);
   const at::Tensor weights =
       at::empty({points, 4}, input.options().dtype(at::toOpMathType(input.scalar_type())));
-  cells_of(unused, keys, weights);
+  kernels.cells(source, input, grad_output.sizes().slice(2), unused, keys, weights, sampling);
   const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   // starts[i]: the first sorted point of cell i or after it.
   const at::Tensor starts = at::searchsorted(std::get<0>(sorted), at::arange(unused + 1, index));
-  gather_kernels_for(input).gather(grad_output, starts, std::get<1>(sorted), weights, grad_input,
-                                   interpolation);
+  kernels.gather(grad_output, starts, std::get<1>(sorted), weights, grad_input,
+                 sampling.interpolation);
 }
 
 }  // namespace
@@ -50,30 +49,13 @@ void check_deterministic(const char* op, int64_t dims, int64_t interpolation_mod
       "it is for 'bilinear' and 'nearest'");
 }
 
-void grid_sample_backward_deterministic(const at::Tensor& grad_output, const at::Tensor& input,
-                                        const at::Tensor& grid, const at::Tensor& grad_input,
-                                        const at::Tensor& grad_grid, Sampling sampling) {
-  const GatherKernels& k = gather_kernels_for(input);
-  if (grad_input.defined()) {
-    auto cells_of = [&](int64_t unused, const at::Tensor& keys, const at::Tensor& w) {
-      k.grid_cells(grid, input, unused, keys, w, sampling);
-    };
-    gather_grad_input(grad_output, input, grad_input, sampling.interpolation, cells_of);
+void sample_backward_deterministic(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& source, const at::Tensor& grad_input,
+                                   const at::Tensor& grad_source, Sampling sampling) {
+  if (grad_input.defined()) gather_grad_input(grad_output, input, source, grad_input, sampling);
+  if (grad_source.defined()) {
+    gather_kernels_for(input).source_grad(grad_output, input, source, grad_source, sampling);
   }
-  if (grad_grid.defined()) k.grid_grad(grad_output, input, grid, grad_grid, sampling);
-}
-
-void affine_sample_backward_deterministic(const at::Tensor& grad_output, const at::Tensor& input,
-                                          const at::Tensor& theta, const at::Tensor& grad_input,
-                                          const at::Tensor& grad_theta, Sampling sampling) {
-  const GatherKernels& k = gather_kernels_for(input);
-  if (grad_input.defined()) {
-    auto cells_of = [&](int64_t unused, const at::Tensor& keys, const at::Tensor& w) {
-      k.theta_cells(theta, input, grad_output.sizes().slice(2), unused, keys, w, sampling);
-    };
-    gather_grad_input(grad_output, input, grad_input, sampling.interpolation, cells_of);
-  }
-  if (grad_theta.defined()) k.theta_grad(grad_output, input, theta, grad_theta, sampling);
 }
 
 }  // namespace stn

@@ -217,7 +217,7 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
     c10::DeviceGuard guard(input.device());
     const Sampling sampling = sampling_of(interpolation_mode, padding_mode, align_corners);
     if (deterministic) {
-      grid_sample_backward_deterministic(grad_output, in, grid, grad_input, grad_grid, sampling);
+      sample_backward_deterministic(grad_output, in, grid, grad_input, grad_grid, sampling);
     } else {
       kernels_for(input, dims).grid_sample_backward(grad_output, in, grid, grad_input, grad_grid,
                                                     sampling);
@@ -316,8 +316,7 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
     const Tensor theta_acc = theta.to(acc_type(theta)).contiguous();
     const Sampling sampling = sampling_of(interpolation_mode, padding_mode, align_corners);
     if (deterministic) {
-      affine_sample_backward_deterministic(grad_output, in, theta_acc, grad_input, grad_theta,
-                                           sampling);
+      sample_backward_deterministic(grad_output, in, theta_acc, grad_input, grad_theta, sampling);
     } else {
       kernels_for(input, dims).affine_sample_backward(grad_output, in, theta_acc, grad_input,
                                                       grad_theta, sampling);

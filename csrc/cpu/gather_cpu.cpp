@@ -31,25 +31,11 @@ void cells_of(const Source& src, int64_t N, int64_t H_out, int64_t W_out, const 
   });
 }
 
-void grid_cells(const at::Tensor& grid, const at::Tensor& input, int64_t unused,
-                const at::Tensor& keys, const at::Tensor& weights, Sampling sampling) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "stn_cuda::grid_cells", [&] {
-    cells_of<at::opmath_type<scalar_t>>(tensor_grid_of<scalar_t>(grid), grid.size(0),
-                                        grid.size(1), grid.size(2), input, unused, keys, weights,
-                                        sampling);
-  });
-}
-
-void theta_cells(const at::Tensor& theta, const at::Tensor& input, at::IntArrayRef out_size,
-                 int64_t unused, const at::Tensor& keys, const at::Tensor& weights,
-                 Sampling sampling) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "stn_cuda::theta_cells", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    cells_of<acc_t>(theta_grid_of<acc_t>(theta, out_size[0], out_size[1], sampling.align_corners),
-                    theta.size(0), out_size[0], out_size[1], input, unused, keys, weights,
-                    sampling);
+void cells(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef out_size,
+           int64_t unused, const at::Tensor& keys, const at::Tensor& weights, Sampling sampling) {
+  with_point_source(source, input, out_size, sampling.align_corners, [&](auto s, const auto& src) {
+    cells_of<at::opmath_type<decltype(s)>>(src, source.size(0), out_size[0], out_size[1], input,
+                                           unused, keys, weights, sampling);
   });
 }
 
@@ -60,9 +46,8 @@ void gather(const at::Tensor& grad_output, const at::Tensor& starts, const at::T
     using acc_t = at::opmath_type<scalar_t>;
     const auto go = image_of<const scalar_t>(grad_output);
     const auto gi = image_of<acc_t>(grad_input);
-    const CellRuns<acc_t> runs{starts.data_ptr<int64_t>(), order.data_ptr<int64_t>(),
-                               weights.data_ptr<acc_t>(), {gi.H, gi.W}, go.H, go.W,
-                               interpolation == Interpolation::Nearest ? 1 : 4};
+    const auto runs =
+        cell_runs_of<acc_t>(starts, order, weights, grad_input, grad_output, interpolation);
     // One task per row of a plane (n, c, y).
     at::parallel_for(0, gi.N * gi.C * gi.H, std::max<int64_t>(1, kGrainSize / (8 * gi.W)),
                      [&](int64_t begin, int64_t end) {
@@ -79,21 +64,17 @@ void gather(const at::Tensor& grad_output, const at::Tensor& starts, const at::T
 
 // The usual CPU backward gives each batch element's points to one thread, in
 // order: deterministic already. Without grad_input it computes only these.
-void grid_grad(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& grid,
-               const at::Tensor& grad_grid, Sampling sampling) {
-  cpu_kernels().grid_sample_backward(grad_output, input, grid, at::Tensor(), grad_grid, sampling);
-}
-
-void theta_grad(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
-                const at::Tensor& grad_theta, Sampling sampling) {
-  cpu_kernels().affine_sample_backward(grad_output, input, theta, at::Tensor(), grad_theta,
-                                       sampling);
+void source_grad(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& source,
+                 const at::Tensor& grad_source, Sampling sampling) {
+  const Kernels& k = cpu_kernels();
+  const auto backward = source.dim() == 3 ? k.affine_sample_backward : k.grid_sample_backward;
+  backward(grad_output, input, source, at::Tensor(), grad_source, sampling);
 }
 
 }  // namespace
 
 const GatherKernels& cpu_gather_kernels() {
-  static const GatherKernels k{grid_cells, theta_cells, gather, grid_grad, theta_grad};
+  static const GatherKernels k{cells, gather, source_grad};
   return k;
 }
 

@@ -8,6 +8,8 @@
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <type_traits>
+
 #include "../gather.h"
 #include "../kernels.h"
 #include "launch.cuh"
@@ -42,25 +44,11 @@ void cells_of(const Source& src, int64_t N, int64_t H_out, int64_t W_out, const 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void grid_cells(const at::Tensor& grid, const at::Tensor& input, int64_t unused,
-                const at::Tensor& keys, const at::Tensor& weights, Sampling sampling) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "stn_cuda::grid_cells", [&] {
-    cells_of<at::opmath_type<scalar_t>>(tensor_grid_of<scalar_t>(grid), grid.size(0),
-                                        grid.size(1), grid.size(2), input, unused, keys, weights,
-                                        sampling);
-  });
-}
-
-void theta_cells(const at::Tensor& theta, const at::Tensor& input, at::IntArrayRef out_size,
-                 int64_t unused, const at::Tensor& keys, const at::Tensor& weights,
-                 Sampling sampling) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "stn_cuda::theta_cells", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    cells_of<acc_t>(theta_grid_of<acc_t>(theta, out_size[0], out_size[1], sampling.align_corners),
-                    theta.size(0), out_size[0], out_size[1], input, unused, keys, weights,
-                    sampling);
+void cells(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef out_size,
+           int64_t unused, const at::Tensor& keys, const at::Tensor& weights, Sampling sampling) {
+  with_point_source(source, input, out_size, sampling.align_corners, [&](auto s, const auto& src) {
+    cells_of<at::opmath_type<decltype(s)>>(src, source.size(0), out_size[0], out_size[1], input,
+                                           unused, keys, weights, sampling);
   });
 }
 
@@ -89,9 +77,8 @@ void gather(const at::Tensor& grad_output, const at::Tensor& starts, const at::T
     using acc_t = at::opmath_type<scalar_t>;
     const auto go = image_of<const scalar_t>(grad_output);
     const auto gi = image_of<acc_t>(grad_input);
-    const CellRuns<acc_t> runs{starts.data_ptr<int64_t>(), order.data_ptr<int64_t>(),
-                               weights.data_ptr<acc_t>(), {gi.H, gi.W}, go.H, go.W,
-                               interpolation == Interpolation::Nearest ? 1 : 4};
+    const auto runs =
+        cell_runs_of<acc_t>(starts, order, weights, grad_input, grad_output, interpolation);
     const auto plan = plan_launch(gi.N, gi.C, gi.H * gi.W);
     gather_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
         go, gi, runs, plan.channels_per_thread);
@@ -170,42 +157,35 @@ void point_grads(const at::Tensor& grad_output, const at::Tensor& input, const S
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-LaunchPlan points_plan(const at::Tensor& grad_output) {
-  return plan_launch(grad_output.size(0), 1, grad_output.size(2) * grad_output.size(3));
-}
-
-void grid_grad(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& grid,
-               const at::Tensor& grad_grid, Sampling sampling) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "stn_cuda::grid_grad", [&] {
+void source_grad(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& source,
+                 const at::Tensor& grad_source, Sampling sampling) {
+  const auto plan =
+      plan_launch(grad_output.size(0), 1, grad_output.size(2) * grad_output.size(3));
+  const auto out_size = grad_output.sizes().slice(2);
+  with_point_source(source, input, out_size, sampling.align_corners, [&](auto s, const auto& src) {
+    using scalar_t = decltype(s);
     using acc_t = at::opmath_type<scalar_t>;
-    const GridStore<acc_t> sink{grad_grid.data_ptr<acc_t>(), grid.size(1), grid.size(2)};
-    point_grads<scalar_t>(grad_output, input, tensor_grid_of<scalar_t>(grid), sink,
-                          points_plan(grad_output), sampling);
-  });
-}
-
-void theta_grad(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& theta,
-                const at::Tensor& grad_theta, Sampling sampling) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "stn_cuda::theta_grad", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto plan = points_plan(grad_output);
-    const int64_t N = grad_output.size(0);
-    // Every (batch element, block) pair writes its row, whatever gridDim.z is.
-    const at::Tensor partials = at::empty({N, int64_t(plan.grid.x), 6}, grad_theta.options());
-    const auto src = theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3),
-                                          sampling.align_corners);
-    const ThetaPartials<acc_t> sink{partials.data_ptr<acc_t>(), src, {}};
-    point_grads<scalar_t>(grad_output, input, src, sink, plan, sampling);
-    grad_theta.copy_(partials.sum(1).view({N, 2, 3}));
+    if constexpr (std::is_same_v<std::decay_t<decltype(src)>, ThetaGrid<acc_t>>) {
+      // Every (batch element, block) pair writes its row, whatever gridDim.z is.
+      const int64_t N = source.size(0);
+      const at::Tensor partials = at::empty({N, int64_t(plan.grid.x), 6}, grad_source.options());
+      point_grads<scalar_t>(grad_output, input, src,
+                            ThetaPartials<acc_t>{partials.data_ptr<acc_t>(), src, {}}, plan,
+                            sampling);
+      grad_source.copy_(partials.sum(1).view({N, 2, 3}));
+    } else {
+      point_grads<scalar_t>(grad_output, input, src,
+                            GridStore<acc_t>{grad_source.data_ptr<acc_t>(), source.size(1),
+                                             source.size(2)},
+                            plan, sampling);
+    }
   });
 }
 
 }  // namespace
 
 const GatherKernels& cuda_gather_kernels() {
-  static const GatherKernels k{grid_cells, theta_cells, gather, grid_grad, theta_grad};
+  static const GatherKernels k{cells, gather, source_grad};
   return k;
 }
 
