@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "gather.h"
 #include "kernels.h"
 
 namespace stn {
@@ -200,9 +201,11 @@ Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolatio
 std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const Tensor& input,
                                                 const Tensor& grid, int64_t interpolation_mode,
                                                 int64_t padding_mode, bool align_corners,
-                                                std::array<bool, 2> output_mask) {
+                                                std::array<bool, 2> output_mask,
+                                                bool deterministic) {
   const char* op = "stn_cuda.grid_sample_backward";
   check_grid(op, input, grid);
+  if (deterministic) check_deterministic(op, spatial_dims(input), interpolation_mode);
   check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   const int64_t dims = spatial_dims(input);
   check_grad_output(op, grad_output, input, grid.sizes().slice(1, dims));
@@ -212,8 +215,13 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
       output_mask[1] ? empty_output(grid.sizes(), grid.options().dtype(acc_type(grid))) : Tensor();
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());
-    kernels_for(input, dims).grid_sample_backward(grad_output, in, grid, grad_input, grad_grid,
-                                            sampling_of(interpolation_mode, padding_mode, align_corners));
+    const Sampling sampling = sampling_of(interpolation_mode, padding_mode, align_corners);
+    if (deterministic) {
+      sample_backward_deterministic(grad_output, in, grid, grad_input, grad_grid, sampling);
+    } else {
+      kernels_for(input, dims).grid_sample_backward(grad_output, in, grid, grad_input, grad_grid,
+                                                    sampling);
+    }
   } else if (grad_grid.defined()) {
     grad_grid.zero_();  // no channels or no points: nothing depends on the grid
   }
@@ -288,10 +296,12 @@ Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef o
 std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, const Tensor& input,
                                                   const Tensor& theta, int64_t interpolation_mode,
                                                   int64_t padding_mode, bool align_corners,
-                                                  std::array<bool, 2> output_mask) {
+                                                  std::array<bool, 2> output_mask,
+                                                  bool deterministic) {
   const char* op = "stn_cuda.affine_sample_backward";
   check_input(op, input);
   const int64_t dims = spatial_dims(input);
+  if (deterministic) check_deterministic(op, dims, interpolation_mode);
   check_theta(op, theta, input.size(0), dims, theta_context(dims));
   check_same(op, "theta", theta, "input", input);
   check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
@@ -303,9 +313,14 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
   Tensor grad_theta = output_mask[1] ? zeros_acc(theta) : Tensor();
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());
-    kernels_for(input, dims).affine_sample_backward(
-        grad_output, in, theta.to(acc_type(theta)).contiguous(), grad_input, grad_theta,
-        sampling_of(interpolation_mode, padding_mode, align_corners));
+    const Tensor theta_acc = theta.to(acc_type(theta)).contiguous();
+    const Sampling sampling = sampling_of(interpolation_mode, padding_mode, align_corners);
+    if (deterministic) {
+      sample_backward_deterministic(grad_output, in, theta_acc, grad_input, grad_theta, sampling);
+    } else {
+      kernels_for(input, dims).affine_sample_backward(grad_output, in, theta_acc, grad_input,
+                                                      grad_theta, sampling);
+    }
   }
   return {to_dtype(grad_input, input.scalar_type()), to_dtype(grad_theta, theta.scalar_type())};
 }
@@ -316,15 +331,15 @@ TORCH_LIBRARY(stn_cuda, m) {
   m.def("grid_sample(Tensor input, Tensor grid, int interpolation_mode, int padding_mode, "
         "bool align_corners) -> Tensor");
   m.def("grid_sample_backward(Tensor grad_output, Tensor input, Tensor grid, "
-        "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask) "
-        "-> (Tensor, Tensor)");
+        "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask, "
+        "bool deterministic=False) -> (Tensor, Tensor)");
   m.def("affine_grid(Tensor theta, int[] size, bool align_corners) -> Tensor");
   m.def("affine_grid_backward(Tensor grad_grid, bool align_corners) -> Tensor");
   m.def("affine_sample(Tensor input, Tensor theta, int[] out_size, "
         "int interpolation_mode, int padding_mode, bool align_corners) -> Tensor");
   m.def("affine_sample_backward(Tensor grad_output, Tensor input, Tensor theta, "
-        "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask) "
-        "-> (Tensor, Tensor)");
+        "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask, "
+        "bool deterministic=False) -> (Tensor, Tensor)");
 }
 
 // The same implementations serve both backends; kernels_for() picks the kernels.

@@ -13,12 +13,14 @@ import torch  # noqa: F401  (loads libtorch, which the extension links against)
 
 from . import _C
 from .functional import affine_grid, affine_sample, grid_sample
+from .determinism import deterministic, is_deterministic, set_deterministic
 from .modules import SpatialTransformer
 from .patch import patch_torch, patched_torch, unpatch_torch
 
 __version__ = "0.1.0"
 __all__ = ["grid_sample", "affine_grid", "affine_sample", "SpatialTransformer", "built_with_cuda",
-           "patch_torch", "unpatch_torch", "patched_torch"]
+           "patch_torch", "unpatch_torch", "patched_torch",
+           "set_deterministic", "is_deterministic", "deterministic"]
 
 
 def built_with_cuda() -> bool:

@@ -8,6 +8,7 @@ import torch
 
 from . import _C  # noqa: F401  (loads the library, registering torch.ops.stn_cuda)
 from . import _reference
+from .determinism import backward_is_deterministic
 
 ops = torch.ops.stn_cuda
 
@@ -20,9 +21,15 @@ def _(input, grid, interpolation_mode, padding_mode, align_corners):
     return input.new_empty(input.shape[0], input.shape[1], *grid.shape[1:-1])
 
 
+def _like_grad_input(input):
+    # As the op allocates it: dense in the input's suggested memory format (csrc/ops.cpp).
+    return torch.empty_like(input, memory_format=input.suggest_memory_format())
+
+
 @torch.library.register_fake("stn_cuda::grid_sample_backward")
-def _(grad_output, input, grid, interpolation_mode, padding_mode, align_corners, output_mask):
-    grad_input = torch.empty_like(input) if output_mask[0] else None
+def _(grad_output, input, grid, interpolation_mode, padding_mode, align_corners, output_mask,
+      deterministic=False):
+    grad_input = _like_grad_input(input) if output_mask[0] else None
     grad_grid = torch.empty_like(grid, memory_format=torch.contiguous_format) if output_mask[1] else None
     return grad_input, grad_grid
 
@@ -45,8 +52,9 @@ def _(input, theta, out_size, interpolation_mode, padding_mode, align_corners):
 
 
 @torch.library.register_fake("stn_cuda::affine_sample_backward")
-def _(grad_output, input, theta, interpolation_mode, padding_mode, align_corners, output_mask):
-    grad_input = torch.empty_like(input) if output_mask[0] else None
+def _(grad_output, input, theta, interpolation_mode, padding_mode, align_corners, output_mask,
+      deterministic=False):
+    grad_input = _like_grad_input(input) if output_mask[0] else None
     grad_theta = torch.empty_like(theta, memory_format=torch.contiguous_format) if output_mask[1] else None
     return grad_input, grad_theta
 
@@ -72,16 +80,20 @@ def _save_inputs(ctx, inputs, output):
 
 def _grid_sample_backward(ctx, grad_output):
     input, grid = ctx.saved_tensors
+    deterministic = backward_is_deterministic("grid_sample", input, ctx.options[0])
     grad_input, grad_grid = _unless_recording(
-        ops.grid_sample_backward, grad_output, input, grid, *ctx.options, list(ctx.needs_input_grad[:2]))
+        ops.grid_sample_backward, grad_output, input, grid, *ctx.options, list(ctx.needs_input_grad[:2]),
+        deterministic)
     return grad_input, grad_grid, None, None, None
 
 
 def _affine_sample_backward(ctx, grad_output):
     input, theta = ctx.saved_tensors
     _out_size, *options = ctx.options
+    deterministic = backward_is_deterministic("affine_sample", input, options[0])
     grad_input, grad_theta = _unless_recording(
-        ops.affine_sample_backward, grad_output, input, theta, *options, list(ctx.needs_input_grad[:2]))
+        ops.affine_sample_backward, grad_output, input, theta, *options, list(ctx.needs_input_grad[:2]),
+        deterministic)
     return grad_input, grad_theta, None, None, None, None
 
 
@@ -131,6 +143,8 @@ def _save_backward_inputs(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*inputs[:3])
     ctx.options = inputs[3:6]
+    # The grid's (theta's) gradient below is reduced the same way as the first backward's.
+    ctx.deterministic = len(inputs) > 7 and inputs[7]
 
 
 def _grid_sample_double_backward(ctx, gg_input, gg_grid):
@@ -143,11 +157,12 @@ def _grid_sample_double_backward(ctx, gg_input, gg_grid):
         if needs[0]:
             d_go = ops.grid_sample(gg_input, grid, *ctx.options)
         if needs[2]:
-            d_grid = ops.grid_sample_backward(grad_output, gg_input, grid, *ctx.options, [False, True])[1]
+            d_grid = ops.grid_sample_backward(grad_output, gg_input, grid, *ctx.options, [False, True],
+                                              ctx.deterministic)[1]
     if gg_grid is not None:
         terms = _sampler_grid_terms(grad_output, input, grid, gg_grid, ctx.options, needs)
         d_go, d_input, d_grid = map(_add, (d_go, d_input, d_grid), terms)
-    return d_go, d_input, d_grid, None, None, None, None
+    return d_go, d_input, d_grid, None, None, None, None, None
 
 
 def _affine_sample_double_backward(ctx, gg_input, gg_theta):
@@ -160,7 +175,8 @@ def _affine_sample_double_backward(ctx, gg_input, gg_theta):
         if needs[0]:
             d_go = ops.affine_sample(gg_input, theta, out_size, *ctx.options)
         if needs[2]:
-            d_theta = ops.affine_sample_backward(grad_output, gg_input, theta, *ctx.options, [False, True])[1]
+            d_theta = ops.affine_sample_backward(grad_output, gg_input, theta, *ctx.options, [False, True],
+                                                 ctx.deterministic)[1]
     if gg_theta is not None:
         # grad_theta = affine_grid_backward(grad_grid), whose adjoint is affine_grid: the
         # grid's terms, with the grid and gg_grid generated (in float32 at least).
@@ -170,7 +186,7 @@ def _affine_sample_double_backward(ctx, gg_input, gg_theta):
         t_go, t_input, t_grid = _sampler_grid_terms(grad_output, input, grid, gg_grid, ctx.options, needs)
         t_theta = None if t_grid is None else ops.affine_grid_backward(t_grid, align_corners).to(theta.dtype)
         d_go, d_input, d_theta = map(_add, (d_go, d_input, d_theta), (t_go, t_input, t_theta))
-    return d_go, d_input, d_theta, None, None, None, None
+    return d_go, d_input, d_theta, None, None, None, None, None
 
 
 def _affine_grid_backward_setup(ctx, inputs, output):

@@ -1,0 +1,273 @@
+"""The deterministic (atomic-free) backward of grid_sample and affine_sample: the same
+gradients as torch and as the usual backward, bitwise the same run after run, selected
+by stn_cuda.set_deterministic / deterministic() or, on CUDA, by
+torch.use_deterministic_algorithms; a clear error where it does not exist yet."""
+import contextlib
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import stn_cuda
+from helpers import grads, random_theta, special_grid, torch_affine_sample
+from stn_cuda._ops import ops
+
+MODES = {"bilinear": 0, "nearest": 1}
+PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}
+
+
+def backward(go, input, grid, mode, padding_mode, align_corners, deterministic):
+    return ops.grid_sample_backward(go, input, grid, MODES[mode], PADDINGS[padding_mode],
+                                    align_corners, [True, True], deterministic)
+
+
+def affine_backward(go, input, theta, mode, padding_mode, align_corners, deterministic):
+    return ops.affine_sample_backward(go, input, theta, MODES[mode], PADDINGS[padding_mode],
+                                      align_corners, [True, True], deterministic)
+
+
+def uniform(shape, device, lo, hi, dtype=torch.float64):
+    return torch.rand(shape, dtype=dtype, device=device) * (hi - lo) + lo
+
+
+def zoom_grid(n, size, device, scale=0.05, dtype=torch.float64):
+    """A grid magnifying a small patch: many points share each cell."""
+    theta = torch.tensor([[scale, 0.0, 0.1], [0.0, scale, -0.2]], dtype=dtype).repeat(n, 1, 1)
+    theta = theta + 0.01 * torch.randn_like(theta)
+    return F.affine_grid(theta, (n, 1, *size), align_corners=False).to(device)
+
+
+def special_points(device, dtype=torch.float64):
+    """Out-of-range, huge and non-finite coordinates, and exact edges."""
+    inf, nan = float("inf"), float("nan")
+    pts = [[1e10, 0.0], [-1e30, 1e30], [3.0, -3.0], [1.0, 1.0], [-1.0, -1.0], [inf, 0.0],
+           [0.0, -inf], [nan, 0.5], [0.25, nan], [1.0000001, 0.999], [-1.5, 0.5], [0.0, 0.0]]
+    return torch.tensor(pts, dtype=dtype, device=device).view(1, 3, 4, 2)
+
+
+def cases(device):
+    """(name, input, grid, finite): odd and 1-sized shapes, overlap, special points, layouts."""
+    out = [("odd", torch.randn(2, 3, 7, 5, dtype=torch.float64, device=device),
+            uniform((2, 6, 11, 2), device, -1.3, 1.3), True),
+           ("one pixel", torch.randn(3, 2, 1, 1, dtype=torch.float64, device=device),
+            uniform((3, 4, 5, 2), device, -2, 2), True),
+           ("prime", torch.randn(1, 1, 13, 1, dtype=torch.float64, device=device),
+            uniform((1, 7, 3, 2), device, -1.2, 1.2), True),
+           ("zoom-in", torch.randn(2, 3, 17, 13, dtype=torch.float64, device=device),
+            zoom_grid(2, (23, 29), device), True),
+           ("edges", torch.randn(1, 2, 5, 6, dtype=torch.float64, device=device),
+            special_grid(5, 6, device), True),
+           ("special", torch.randn(1, 3, 4, 5, dtype=torch.float64, device=device),
+            special_points(device), False)]
+    # channels_last input, a grid with gaps (every other column of a wider one).
+    x = torch.randn(2, 4, 6, 9, dtype=torch.float64, device=device).to(memory_format=torch.channels_last)
+    g = uniform((2, 5, 14, 2), device, -1.1, 1.1)[:, :, ::2]
+    out.append(("strided", x, g, True))
+    return out
+
+
+CASE_NAMES = ["odd", "one pixel", "prime", "zoom-in", "edges", "special", "strided"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", range(len(CASE_NAMES)), ids=CASE_NAMES)
+def test_grid_sample_gradients(device, mode, padding_mode, align_corners, case):
+    _, input, grid, finite = cases(device)[case]
+    go = torch.randn(input.shape[0], input.shape[1], *grid.shape[1:3], dtype=input.dtype, device=device)
+    ours = backward(go, input, grid, mode, padding_mode, align_corners, True)
+    usual = backward(go, input, grid, mode, padding_mode, align_corners, False)
+    for a, b in zip(ours, usual):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    if finite:  # torch's rule for non-finite points differs from stn_cuda's
+        x, g = input.clone().requires_grad_(), grid.clone().requires_grad_()
+        ref = grads(F.grid_sample(x, g, mode=mode, padding_mode=padding_mode,
+                                  align_corners=align_corners), (x, g), go)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("spread", [0.3, 2.0], ids=["near identity", "far"])
+def test_affine_sample_gradients(device, mode, padding_mode, align_corners, spread):
+    input = torch.randn(3, 2, 9, 7, dtype=torch.float64, device=device)
+    theta = random_theta(3, device=device, spread=spread)
+    out_size = (11, 8)
+    go = torch.randn(3, 2, *out_size, dtype=torch.float64, device=device)
+    ours = affine_backward(go, input, theta, mode, padding_mode, align_corners, True)
+    usual = affine_backward(go, input, theta, mode, padding_mode, align_corners, False)
+    for a, b in zip(ours, usual):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    if mode == "bilinear":
+        x, t = input.clone().requires_grad_(), theta.clone().requires_grad_()
+        ref = grads(torch_affine_sample(x, t, out_size, padding_mode, align_corners), (x, t), go)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+def test_zoomed_affine_sample_many_points_per_cell(device):
+    theta = torch.tensor([[[0.02, 0.01, 0.3], [-0.01, 0.03, 0.1]]], dtype=torch.float64, device=device)
+    input = torch.randn(1, 5, 31, 37, dtype=torch.float64, device=device)
+    go = torch.randn(1, 5, 64, 64, dtype=torch.float64, device=device)
+    ours = affine_backward(go, input, theta, "bilinear", "zeros", True, True)
+    x, t = input.clone().requires_grad_(), theta.clone().requires_grad_()
+    ref = grads(torch_affine_sample(x, t, (64, 64), "zeros", True), (x, t), go)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_reduced_precision(device, dtype):
+    input = torch.randn(2, 3, 8, 9, device=device)
+    grid = uniform((2, 7, 6, 2), device, -1.1, 1.1, torch.float32)
+    go = torch.randn(2, 3, 7, 6, device=device)
+    args = [t.to(dtype) for t in (go, input, grid)]
+    ours = backward(*args, "bilinear", "border", False, True)
+    usual = backward(*args, "bilinear", "border", False, False)
+    for a, b in zip(ours, usual):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_bitwise_repeatable(device):
+    """float32, many points per pixel, many channels: the usual CUDA backward's atomics
+    would differ in the last bits between runs; this must not."""
+    input = torch.randn(4, 16, 24, 24, device=device)
+    grid = zoom_grid(4, (64, 64), device, scale=0.3, dtype=torch.float32)
+    go = torch.randn(4, 16, 64, 64, device=device)
+    theta = random_theta(4, torch.float32, device, spread=0.5) * 0.3
+    first = backward(go, input, grid, "bilinear", "reflection", False, True)
+    first_affine = affine_backward(go, input, theta, "bilinear", "zeros", True, True)
+    for _ in range(5):
+        again = backward(go, input, grid, "bilinear", "reflection", False, True)
+        again_affine = affine_backward(go, input, theta, "bilinear", "zeros", True, True)
+        for a, b in zip(first + first_affine, again + again_affine):
+            assert torch.equal(a, b)
+
+
+# -- what selects it ---------------------------------------------------------------------
+
+class BackwardFlags(TorchDispatchMode):
+    """Records the `deterministic` argument of every backward op call under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.flags = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.name() in ("stn_cuda::grid_sample_backward", "stn_cuda::affine_sample_backward"):
+            self.flags.append(args[7] if len(args) > 7 else kwargs.get("deterministic", False))
+        return func(*args, **kwargs)
+
+
+def flags_of_backward(device, dims=2, mode="bilinear"):
+    """The deterministic flags that grid_sample's and affine_sample's backward pass."""
+    spatial = (4,) * dims
+    x = torch.randn(2, 3, *spatial, device=device, requires_grad=True)
+    g = uniform((2, *spatial, dims), device, -1, 1, torch.float32).requires_grad_()
+    theta = (torch.eye(dims, dims + 1, device=device) + 0.1).repeat(2, 1, 1).requires_grad_()
+    with BackwardFlags() as rec:
+        stn_cuda.grid_sample(x, g, mode=mode).sum().backward()
+        stn_cuda.affine_sample(x, theta, spatial, mode=mode).sum().backward()
+    return rec.flags
+
+
+@contextlib.contextmanager
+def torch_deterministic(warn_only=False):
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def test_explicit_flag_selects_it(device):
+    assert not stn_cuda.is_deterministic()
+    assert flags_of_backward(device) == [False, False]
+    with stn_cuda.deterministic():
+        assert stn_cuda.is_deterministic()
+        assert flags_of_backward(device) == [True, True]
+        with stn_cuda.deterministic(False):
+            assert flags_of_backward(device) == [False, False]
+    assert not stn_cuda.is_deterministic()
+    stn_cuda.set_deterministic(True)
+    try:
+        assert flags_of_backward(device, mode="nearest") == [True, True]
+    finally:
+        stn_cuda.set_deterministic(False)
+    assert flags_of_backward(device) == [False, False]
+
+
+def test_torch_deterministic_mode_selects_it_on_cuda(device):
+    """Where torch's CUDA grid_sample backward would raise, stn_cuda's is deterministic;
+    the CPU's usual backward is deterministic already, so it stays."""
+    with torch_deterministic():
+        assert flags_of_backward(device) == [device == "cuda"] * 2
+    assert flags_of_backward(device) == [False, False]
+
+
+def test_volume_raises_under_the_flag(device):
+    with stn_cuda.deterministic(), pytest.raises(NotImplementedError, match="deterministic.*5-D"):
+        flags_of_backward(device, dims=3)
+    assert flags_of_backward(device, dims=3) == [False, False]  # the usual path is unchanged
+
+
+def test_volume_under_torch_deterministic_mode(device):
+    if device == "cpu":  # the CPU's volume backward is deterministic: nothing to refuse
+        with torch_deterministic():
+            assert flags_of_backward(device, dims=3) == [False, False]
+        return
+    with torch_deterministic(), pytest.raises(NotImplementedError, match="use_deterministic_algorithms.*5-D"):
+        flags_of_backward(device, dims=3)
+    with torch_deterministic(warn_only=True), pytest.warns(UserWarning, match="5-D"):
+        assert flags_of_backward(device, dims=3) == [False, False]
+
+
+@pytest.mark.parametrize("op", ["grid_sample", "affine_sample"])
+def test_raw_ops_refuse_volumes_and_bicubic(device, op):
+    x, go = torch.randn(1, 2, 3, 3, 3, device=device), torch.randn(1, 2, 2, 2, 2, device=device)
+    second = torch.randn(1, 2, 2, 2, 3, device=device) if op == "grid_sample" else torch.randn(1, 3, 4, device=device)
+    backward_op = getattr(ops, f"{op}_backward")
+    with pytest.raises(NotImplementedError, match="deterministic.*5-D"):
+        backward_op(go, x, second, 0, 0, False, [True, True], True)
+    x, go = torch.randn(1, 2, 3, 3, device=device), torch.randn(1, 2, 2, 2, device=device)
+    second = torch.randn(1, 2, 2, 2, device=device) if op == "grid_sample" else torch.randn(1, 2, 3, device=device)
+    with pytest.raises(NotImplementedError, match="deterministic.*bicubic"):
+        backward_op(go, x, second, 2, 0, False, [True, True], True)
+
+
+def test_bicubic_raises_under_the_flag(device):
+    from stn_cuda.determinism import backward_is_deterministic
+    x = torch.randn(1, 1, 3, 3, device=device)
+    assert not backward_is_deterministic("grid_sample", x, 2)  # not asked for: no error
+    with stn_cuda.deterministic(), pytest.raises(NotImplementedError, match="bicubic"):
+        backward_is_deterministic("grid_sample", x, 2)
+
+
+# -- with the rest of the library ------------------------------------------------------------
+
+def test_opcheck(device):
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device)
+    g = uniform((2, 4, 3, 2), device, -1.2, 1.2)
+    theta = random_theta(2, device=device)
+    go = torch.randn(2, 3, 4, 3, dtype=torch.float64, device=device)
+    torch.library.opcheck(ops.grid_sample_backward.default, (go, x, g, 0, 2, True, [True, True], True))
+    torch.library.opcheck(ops.affine_sample_backward.default, (go, x, theta, 1, 0, False, [True, False], True))
+
+
+def test_double_backward_under_the_flag(device):
+    """A gradient penalty through grad_input differentiates the deterministic backward."""
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
+    g = uniform((2, 5, 4, 2), device, -1.1, 1.1).requires_grad_()
+    results = []
+    for flag in (True, False):
+        with stn_cuda.deterministic(flag):
+            out = stn_cuda.grid_sample(x, g, padding_mode="border")
+            gx, = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+            results.append(torch.autograd.grad(gx.square().sum(), (x, g)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
