@@ -12,6 +12,15 @@ from .determinism import backward_is_deterministic
 
 ops = torch.ops.stn_cuda
 
+try:  # Tensor.suggest_memory_format, which Python tensors lack (FakeTensor included)
+    from torch._prims_common import suggest_memory_format
+except ImportError:  # older torch
+    def suggest_memory_format(t):
+        channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+        if channels_last is not None and t.is_contiguous(memory_format=channels_last) and not t.is_contiguous():
+            return channels_last
+        return torch.contiguous_format
+
 
 # -- fake kernels: output shapes and dtypes only -------------------------------
 
@@ -23,7 +32,7 @@ def _(input, grid, interpolation_mode, padding_mode, align_corners):
 
 def _like_grad_input(input):
     # As the op allocates it: dense in the input's suggested memory format (csrc/ops.cpp).
-    return torch.empty_like(input, memory_format=input.suggest_memory_format())
+    return torch.empty_like(input, memory_format=suggest_memory_format(input))
 
 
 @torch.library.register_fake("stn_cuda::grid_sample_backward")

@@ -58,7 +58,7 @@ def cases(device):
            ("zoom-in", torch.randn(2, 3, 17, 13, dtype=torch.float64, device=device),
             zoom_grid(2, (23, 29), device), True),
            ("edges", torch.randn(1, 2, 5, 6, dtype=torch.float64, device=device),
-            special_grid(5, 6, device), True),
+            special_grid((5, 6), device), True),
            ("special", torch.randn(1, 3, 4, 5, dtype=torch.float64, device=device),
             special_points(device), False)]
     # channels_last input, a grid with gaps (every other column of a wider one).

@@ -251,6 +251,19 @@ def test_opcheck(device, mode_code):
                           (go, input.detach(), grid.detach(), mode_code, 1, False, [True, True]))
 
 
+@pytest.mark.parametrize("layout", ["permuted", "channels_last"])
+def test_opcheck_backward_layouts(device, layout):
+    """The fake kernel gives grad_input the strides the op gives it (dense, in the input's
+    suggested memory format), also for a permuted input, which the op makes contiguous."""
+    input = torch.randn(2, 3, 6, 5, dtype=torch.float64, device=device)
+    input = (input.transpose(2, 3) if layout == "permuted"
+             else input.contiguous(memory_format=torch.channels_last))
+    grid = torch.rand(2, 4, 3, 2, dtype=torch.float64, device=device) * 2 - 1
+    go = torch.randn(2, 3, 4, 3, dtype=torch.float64, device=device)
+    torch.library.opcheck(torch.ops.stn_cuda.grid_sample_backward.default,
+                          (go, input, grid, 0, 0, False, [True, True]))
+
+
 # -- bad input gets a clear exception that names the argument --------------------------
 
 def _x(*shape, dtype=torch.float32, device="cpu"):

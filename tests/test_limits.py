@@ -107,7 +107,7 @@ def test_strides_past_2_31(name, padding_mode):
         torch.testing.assert_close(ours, theirs)
 
     theta = (torch.eye(2, 3) + 0.3 * torch.randn(n, 2, 3)).requires_grad_()
-    fused = torch.ops.stn_cuda.affine_sample(input, theta.detach(), 4, 3, *sampling)
+    fused = torch.ops.stn_cuda.affine_sample(input, theta.detach(), [4, 3], *sampling)
     gi, gt = torch.ops.stn_cuda.affine_sample_backward(go, input, theta.detach(), *sampling, [True, True])
     ref = F.grid_sample(x, F.affine_grid(theta, (n, c, 4, 3), align_corners=False),
                         padding_mode=padding_mode, align_corners=False)
