@@ -8,8 +8,9 @@
 # its output to $OUT/<step>.log. STEPS picks steps, so that a session whose
 # commands are limited to 10 minutes can split the run (the build is kept):
 #   bash scripts/gpu_check.sh                          # every step; OUT=./gpu-out
-#   STEPS="versions build tests memcheck" bash scripts/gpu_check.sh
-#   STEPS="build bench memory racecheck initcheck" bash scripts/gpu_check.sh
+#   STEPS="versions build tests" bash scripts/gpu_check.sh
+#   STEPS="build memcheck racecheck initcheck" bash scripts/gpu_check.sh
+#   STEPS="build bench memory" bash scripts/gpu_check.sh
 #   OUT=/tmp/run PYTHON=python3.12 bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ export FORCE_CUDA=1 PATH="$CUDA_HOME/bin:$PATH"
 # where an out-of-bounds access or an uninitialised read would be.
 # The property tests (a few examples each) add random layouts and edge coordinates; the
 # concurrency tests, several streams and threads.
-export SANITIZED="cuda and (matches_torch or memory_layouts or huge_coordinates or non_finite or empty or property or streams or threads)"
+export SANITIZED="cuda and (matches_torch or memory_layouts or huge_coordinates or non_finite or empty or property or streams or threads or deterministic)"
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 status=0
@@ -59,7 +60,7 @@ step() {  # step NAME LIMIT_S COMMAND...: COMMAND (a program or a function above
 
 step versions 60 versions
 step build 300 "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
-step tests 180 "$PY" -m pytest -q tests -k cuda --junitxml="$OUT/tests.xml"
+step tests 420 "$PY" -m pytest -q tests -k cuda --junitxml="$OUT/tests.xml"
 step bench 300 "$PY" -m benchmarks --out "$OUT/bench"
 step memory 120 "$PY" -m benchmarks.memory --out "$OUT/memory.json"
 for tool in memcheck racecheck initcheck; do
