@@ -163,6 +163,15 @@ STN_HD T clamp_pixel(T p, int64_t size) {
   return p <= T(size + 1) ? p : T(size + 1);
 }
 
+// floor(p) for a pixel position p >= -2 (as clamp_pixel leaves it), without a
+// branch or a call: truncation of p + 2 (one instruction on any CPU), less one
+// where p + 2 rounded up to an integer (p within half an ulp below -1 or 0).
+template <typename index_t, typename T>
+STN_HD index_t floor_pixel(T p) {
+  const index_t i = static_cast<index_t>(p + T(2)) - 2;
+  return i - static_cast<index_t>(static_cast<T>(i) > p);
+}
+
 template <typename index_t, typename T>
 STN_HD Bilinear<T, index_t> bilinear_point(T gx, T gy, int64_t H, int64_t W, Padding padding,
                                            bool align_corners) {
@@ -172,9 +181,8 @@ STN_HD Bilinear<T, index_t> bilinear_point(T gx, T gy, int64_t H, int64_t W, Pad
   const T x = clamp_pixel(px.val + not_finite, W);
   const T y = clamp_pixel(py.val + not_finite, H);
   Bilinear<T, index_t> b;
-  // floor of a value >= -2, by truncation: one instruction on any CPU.
-  b.x0 = static_cast<index_t>(x + T(2)) - 2;
-  b.y0 = static_cast<index_t>(y + T(2)) - 2;
+  b.x0 = floor_pixel<index_t>(x);
+  b.y0 = floor_pixel<index_t>(y);
   const T x0 = static_cast<T>(b.x0);
   const T y0 = static_cast<T>(b.y0);
   // Written as ATen writes them, e.g. w_west = x_east - x.
@@ -552,7 +560,7 @@ STN_HD Linear<T, index_t> linear_axis(T coord, T not_finite, int64_t size, Paddi
   const Dual<T> p = source_pixel(coord, size, padding, align_corners);
   const T v = clamp_pixel(p.val + not_finite, size);
   Linear<T, index_t> a;
-  a.i0 = static_cast<index_t>(v + T(2)) - 2;  // floor of a value >= -2
+  a.i0 = floor_pixel<index_t>(v);
   const T i0 = static_cast<T>(a.i0);
   a.w[0] = (i0 + T(1)) - v;
   a.w[1] = v - i0;

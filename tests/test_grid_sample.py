@@ -303,3 +303,23 @@ def test_bad_grad_output_shape():
 def test_devices_differ():
     with pytest.raises(ValueError, match="same device"):
         stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2, device="cuda"))
+
+
+def test_positions_a_rounding_below_a_pixel(device, align_corners):
+    """Pixel positions within half an ulp below 0 (x = 1/W - 1 lands there for many W): their
+    floor is -1, not 0, even though p + 2 rounds to 2. The reference is torch's 5-D kernel
+    with a depth of 1, which unnormalises as stn_cuda does, where torch's vectorised 4-D CPU
+    kernel rounds these positions differently."""
+    widths = [w for w in range(2, 40)
+              if ((torch.tensor(1.0 / w - 1, dtype=torch.float64) + 1) * w - 1) / 2 < 0]
+    assert widths, "no width gives a position just below 0: the test would test nothing"
+    for w in widths[:6]:
+        xs = torch.tensor([1.0 / w - 1, -1.0 + 1.0 / w, 0.0], dtype=torch.float64)
+        grid = torch.stack([xs, xs], -1).reshape(1, 1, 3, 2).to(device).requires_grad_()
+        input = torch.randn(1, 2, w, w, dtype=torch.float64, device=device, requires_grad=True)
+
+        def volume_reference(x, g):
+            g3 = torch.cat([g, torch.zeros_like(g[..., :1])], -1)[:, None]
+            return F.grid_sample(x[:, :, None], g3, align_corners=align_corners)[:, :, 0]
+
+        check_against(ours("zeros", align_corners), volume_reference, (input, grid))

@@ -217,20 +217,11 @@ def seams(grid, in_sizes, padding_mode, align_corners):
     CUDA kernel and its scalar 5-D CPU kernel) computes ((x + 1) * size - 1) / 2: the two
     agree to the bit only along axes where the scale is a power of two (and no reflection
     moved the point). Elsewhere such points are left out. For volumes and on CUDA the
-    formulas are the same: none is, but for the points below.
-
-    A known stn_cuda bug (to be fixed in csrc/sampler_math.h, then this rule removed): the
-    bilinear kernels floor a pixel position p as int(p + 2) - 2, and p + 2 rounds up to an
-    integer for the p within half an ulp of 2 below one (just below 0 or -1), so such a
-    point interpolates in the next cell: the same value to ~1e-16, another gradient with
-    respect to the point. Only zeros padding leaves such p (border and reflection clip
-    them to 0)."""
+    formulas are the same: none is, but for the points below."""
     on_seam = torch.zeros(grid.shape[:-1], dtype=torch.bool, device=grid.device)
     torch_rounds_differently = grid.device.type == "cpu" and grid.shape[-1] == 2
     for k, size in enumerate(reversed(in_sizes)):  # x along W, the last
         p = unnormalised(grid[..., k].detach().nan_to_num(0.0, 0.0, 0.0), size, align_corners)
-        if padding_mode == "zeros":
-            on_seam |= (p >= -2) & (torch.floor(p + 2) - 2 != torch.floor(p))
         if not torch_rounds_differently or (exact_axis(size, align_corners) and padding_mode != "reflection"):
             continue
         twice = 2 * p
