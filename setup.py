@@ -55,12 +55,16 @@ def extension():
     sources = glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp")
     # Nothing relies on floating-point traps; without them the compiler may
     # vectorise the CPU kernels' branch-free loops over points (cpu/).
-    cxx = opt + ["-fno-trapping-math"]
+    # at::parallel_for is parallel only in code compiled with OpenMP (ATen/ParallelOpenMP.h
+    # tests _OPENMP): without -fopenmp the CPU kernels would run on one thread.
+    openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+    cxx = opt + ["-fno-trapping-math"] + openmp
     if SANITIZE:
         return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx + SANITIZE_FLAGS},
-                                          extra_link_args=SANITIZE_FLAGS)
+                                          extra_link_args=SANITIZE_FLAGS + openmp)
     if not cuda:
-        return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx})
+        return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx},
+                                          extra_link_args=openmp)
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
     print(f"stn_cuda: building CUDA kernels for {os.environ.get('TORCH_CUDA_ARCH_LIST', 'the visible GPUs')}")
@@ -70,6 +74,7 @@ def extension():
         sources + glob.glob("csrc/cuda/*.cu"),
         define_macros=[("STN_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=openmp,
     )
 
 
