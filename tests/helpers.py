@@ -49,6 +49,16 @@ def theirs(padding_mode, align_corners, mode="bilinear"):
                              align_corners=align_corners)
 
 
+def make(shape, device, dtype=torch.float64, spread=1.5):
+    """(input, grid) requiring grad for shape (N, C, *in_sizes, *out_sizes), images (2 spatial
+    dimensions) or volumes (3): the grid uniform in [-spread, spread]."""
+    dims = (len(shape) - 2) // 2
+    n, c, in_sizes, out_sizes = shape[0], shape[1], shape[2:2 + dims], shape[2 + dims:]
+    input = torch.randn(n, c, *in_sizes, dtype=dtype, device=device, requires_grad=True)
+    grid = (torch.rand(n, *out_sizes, dims, dtype=dtype, device=device) * 2 - 1) * spread
+    return input, grid.requires_grad_()
+
+
 def special_coordinates(size, dtype=torch.float64):
     """The normalised coordinates where the sampler's gradients jump along an axis of `size`
     pixels: exact +-1, 0, pixel centres and pixel edges, for either align_corners."""

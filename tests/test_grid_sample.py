@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
-from helpers import check_against, grads, leaf, ours, special_grid, theirs
+from helpers import check_against, grads, leaf, make, ours, special_grid, theirs
 
 # (N, C, H_in, W_in, H_out, W_out): odd, prime and 1-sized dimensions.
 SHAPES = [(2, 3, 7, 5, 4, 6), (1, 1, 1, 1, 3, 3), (3, 2, 13, 1, 5, 7), (1, 4, 1, 17, 2, 11),
@@ -15,13 +15,6 @@ SHAPES = [(2, 3, 7, 5, 4, 6), (1, 1, 1, 1, 3, 3), (3, 2, 13, 1, 5, 7), (1, 4, 1,
 
 # The modes whose gradient with respect to the grid is not 0.
 SMOOTH_MODES = ["bilinear", "bicubic"]
-
-
-def make(shape, device, dtype=torch.float64, spread=1.5):
-    n, c, h, w, ho, wo = shape
-    input = torch.randn(n, c, h, w, dtype=dtype, device=device, requires_grad=True)
-    grid = ((torch.rand(n, ho, wo, 2, dtype=dtype, device=device) * 2 - 1) * spread).requires_grad_()
-    return input, grid
 
 
 @pytest.mark.parametrize("mode", SMOOTH_MODES)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
-from helpers import check_against, grads, leaf, ours, random_theta, special_grid, theirs
+from helpers import check_against, grads, leaf, make, ours, random_theta, special_grid, theirs
 
 # torch's affine_grid warns about 1-pixel outputs with align_corners=True; those are tested.
 pytestmark = pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid")
@@ -17,13 +17,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid
 SHAPES = [(2, 3, 5, 7, 4, 3, 4, 5), (1, 1, 1, 1, 1, 2, 3, 2), (2, 2, 1, 6, 5, 3, 1, 4),
           (1, 2, 7, 1, 3, 2, 5, 3), (1, 3, 4, 5, 1, 1, 1, 1), (1, 1, 11, 13, 7, 5, 3, 7)]
 MODES = ["bilinear", "nearest"]
-
-
-def make(shape, device, dtype=torch.float64, spread=1.5):
-    n, c, d, h, w, do, ho, wo = shape
-    input = torch.randn(n, c, d, h, w, dtype=dtype, device=device, requires_grad=True)
-    grid = ((torch.rand(n, do, ho, wo, 3, dtype=dtype, device=device) * 2 - 1) * spread).requires_grad_()
-    return input, grid
 
 
 # -- grid_sample -------------------------------------------------------------------------
