@@ -458,9 +458,7 @@ STN_HD void interpolate_backward(const scalar_t* data, acc_t grad_out,
                                  const Corners<acc_t, index_t>& c, const Bilinear<acc_t, index_t>& b,
                                  const Plane<index_t>& plane, bool need_input_grad,
                                  bool need_grid_grad, AddFn&& add, Point2<acc_t>& grad) {
-STN_UNROLL
-  for (int k = 0; k < 4; ++k) {
-    if (!(c.inside >> k & 1)) continue;
+  auto neighbour = [&](int k) {
     const index_t offset = c.base + plane.neighbour_offset(k);
     if (need_input_grad) add(offset, grad_out * c.weight[k]);
     if (need_grid_grad) {
@@ -470,6 +468,15 @@ STN_UNROLL
       grad.x += ix ? v * b.wy[iy] : -(v * b.wy[iy]);
       grad.y += iy ? v * b.wx[ix] : -(v * b.wx[ix]);
     }
+  };
+  if (c.inside == 0xf) {  // the common case, without a test per neighbour
+STN_UNROLL
+    for (int k = 0; k < 4; ++k) neighbour(k);
+    return;
+  }
+STN_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    if (c.inside >> k & 1) neighbour(k);
   }
 }
 

@@ -171,6 +171,23 @@ def test_non_contiguous_grad_output(device):
     torch.testing.assert_close(grid.grad, ref_grid.grad)
 
 
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_runs_across_rows(device, mode, channels):
+    """The CPU kernels take the output points in runs of 64 that wrap from the end of one row
+    to the next: 9 x 13 outputs (runs that start mid-row), with a contiguous grid, one with
+    gaps between its rows and a transposed one, a strided grad_output, and one channel (a
+    loop of its own) or several."""
+    input, grid = make((2, channels, 8, 9, 9, 13), device)
+    rows_apart = torch.full((2, 18, 13, 2), math.nan, dtype=grid.dtype, device=device)[:, ::2]
+    rows_apart.copy_(grid)
+    transposed = grid.detach().transpose(1, 2).contiguous().transpose(1, 2)
+    go = torch.randn(13, 9, 2, channels, dtype=input.dtype, device=device).permute(2, 3, 1, 0)
+    for g in (grid.detach(), rows_apart, transposed):
+        check_against(ours("reflection", False, mode), theirs("reflection", False, mode),
+                      (input.detach().requires_grad_(), g.requires_grad_()), grad_output=go)
+
+
 @pytest.mark.parametrize("mode", SMOOTH_MODES)
 @pytest.mark.parametrize("needs", ["input", "grid"])
 def test_one_gradient(device, needs, mode):
