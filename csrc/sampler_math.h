@@ -15,6 +15,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 // Inlined everywhere: the kernels are loops around these few lines.
@@ -101,10 +102,34 @@ STN_HD Dual<T> clip(Dual<T> p, int64_t size) {
   return p;
 }
 
-// Reflect into [twice_low / 2, twice_high / 2]. Bounds come doubled so that the
-// half-pixel edges of align_corners=False stay integers. The parity of the
-// number of flips is taken in floating point, so huge coordinates are safe.
+// Below this distance from the reflection's low edge, in pixels, reflect()
+// reduces a position by exact arithmetic alone (2^21 for float, 2^50 for double).
 template <typename T>
+STN_HD constexpr T exact_reduction_limit() {
+  return T(1) / (T(4) * std::numeric_limits<T>::epsilon());
+}
+
+// Whether a coordinate reflects off an axis of `size` pixels within that limit
+// (false for NaN and infinities), with a pixel to spare for rounding.
+template <typename T>
+STN_HD bool reflects_exactly(T coord, int64_t size) {
+  const T bound = exact_reduction_limit<T>() / T(size + 1) - T(1);
+  return coord > -bound && coord < bound;
+}
+
+// Reflect into [twice_low / 2, twice_high / 2]. Bounds come doubled so that the
+// half-pixel edges of align_corners=False stay integers. The result is ATen's:
+// extra = fmod(in, span), flipped if floor(in / span) is odd.
+//
+// Below exact_reduction_limit (in < 2^(digits - 3), span a multiple of 1/2),
+// fmod needs no call: q = floor(in / span) is the quotient (or, should the
+// division round up to an integer, one more; never less), q * span and
+// in - q * span are exact, and in the second case adding span back is exact
+// too, fmod's result being representable. Farther out, and for every point
+// when kBounded (the caller has checked reflects_exactly: the CPU kernels'
+// loops vectorise only without the call), fmod itself, with the parity taken in
+// floating point so that huge coordinates are safe.
+template <bool kBounded = false, typename T>
 STN_HD Dual<T> reflect(Dual<T> p, int64_t twice_low, int64_t twice_high) {
   if (twice_low == twice_high) return {T(0), T(0)};
   const T low = T(twice_low) / T(2);
@@ -115,8 +140,15 @@ STN_HD Dual<T> reflect(Dual<T> p, int64_t twice_low, int64_t twice_high) {
     in = -in;
     grad = -grad;
   }
-  const T extra = math::fmod(in, span);
-  const bool odd_flips = math::fmod(math::floor(in / span), T(2)) != T(0);
+  const T flips = math::floor(in / span);
+  T extra;
+  if (kBounded || in < exact_reduction_limit<T>()) {
+    extra = in - flips * span;
+    extra = extra < T(0) ? extra + span : extra;
+  } else {
+    extra = math::fmod(in, span);
+  }
+  const bool odd_flips = flips - T(2) * math::floor(flips * T(0.5)) != T(0);
   if (odd_flips) return {span - extra + low, -grad};
   return {extra + low, grad};
 }
@@ -124,20 +156,21 @@ STN_HD Dual<T> reflect(Dual<T> p, int64_t twice_low, int64_t twice_high) {
 // The padding rule applied to a pixel position (ATen's compute_coordinates):
 // border clips it into the image; reflection reflects it off the image's edges,
 // then clips it (against rounding); zeros leaves it where it is.
-template <typename T>
+template <bool kBounded = false, typename T>
 STN_HD Dual<T> pad(Dual<T> p, int64_t size, Padding padding, bool align_corners) {
   if (padding == Padding::Border) {
     p = clip(p, size);
   } else if (padding == Padding::Reflection) {
-    p = align_corners ? reflect(p, 0, 2 * (size - 1)) : reflect(p, -1, 2 * size - 1);
+    p = align_corners ? reflect<kBounded>(p, 0, 2 * (size - 1))
+                      : reflect<kBounded>(p, -1, 2 * size - 1);
     p = clip(p, size);
   }
   return p;
 }
 
-template <typename T>
+template <bool kBounded = false, typename T>
 STN_HD Dual<T> source_pixel(T coord, int64_t size, Padding padding, bool align_corners) {
-  return pad(unnormalize(coord, size, align_corners), size, padding, align_corners);
+  return pad<kBounded>(unnormalize(coord, size, align_corners), size, padding, align_corners);
 }
 
 // ---------------------------------------------------------------------------
@@ -172,11 +205,12 @@ STN_HD index_t floor_pixel(T p) {
   return i - static_cast<index_t>(static_cast<T>(i) > p);
 }
 
-template <typename index_t, typename T>
+// kBounded: see reflect.
+template <typename index_t, bool kBounded = false, typename T>
 STN_HD Bilinear<T, index_t> bilinear_point(T gx, T gy, int64_t H, int64_t W, Padding padding,
                                            bool align_corners) {
-  const Dual<T> px = source_pixel(gx, W, padding, align_corners);
-  const Dual<T> py = source_pixel(gy, H, padding, align_corners);
+  const Dual<T> px = source_pixel<kBounded>(gx, W, padding, align_corners);
+  const Dual<T> py = source_pixel<kBounded>(gy, H, padding, align_corners);
   const T not_finite = (gx - gx) + (gy - gy);  // 0 for a finite point, else NaN
   const T x = clamp_pixel(px.val + not_finite, W);
   const T y = clamp_pixel(py.val + not_finite, H);

@@ -92,6 +92,21 @@ def test_huge_coordinates(device, padding_mode, align_corners, value, mode):
                   (input, grid.requires_grad_()))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_reflection_folds(device, align_corners, dtype):
+    """Reflection reduces a position by exact arithmetic where it can (no fmod; the CPU's
+    loops vectorise) and by fmod farther out: at every fold (x = 2k - 1 on both
+    alignments) and one ulp either side, where the division rounds to the fold, and at
+    float32 positions past 2**21 pixels, where fmod takes over."""
+    folds = torch.arange(-13.0, 14.0, 2.0, dtype=dtype)
+    x = torch.cat([folds, torch.nextafter(folds, folds - 1), torch.nextafter(folds, folds + 1),
+                   torch.tensor([-1e6, 1e6, 3.3e6, -7.7e6], dtype=dtype)])
+    grid = torch.stack([x, torch.full_like(x, 0.3)], -1).reshape(1, 1, -1, 2).to(device)
+    input = torch.randn(1, 2, 3, 7, dtype=dtype, device=device)
+    check_against(ours("reflection", align_corners), theirs("reflection", align_corners),
+                  (input.requires_grad_(), grid.requires_grad_()), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
 def test_non_finite_points_contribute_nothing(device, padding_mode, align_corners, bad, mode):

@@ -182,15 +182,21 @@ void load_points(Run<acc_t, index_t>& run, const TabulatedThetaGrid<acc_t>& thet
 #endif
 
 // Phase 1: the points of a run (W: the output's width), and their corners.
+// With reflection padding, the vectorised loop reflects only coordinates that
+// need no call to fmod (reflects_exactly: all but the farthest), standing in 0
+// for the others, which the scalar loop after it then locates.
 template <bool kBackward, Interpolation I, Padding P, bool kAlignCorners, typename acc_t,
           typename index_t, typename Source>
 STN_VECTOR_CLONES void locate(Run<acc_t, index_t>& run, const Source& src, const RunStart& at,
                               int64_t W, const Plane<index_t> plane) {  // by value: in registers
   run.size = at.size;
   load_points(run, src, at, W);
-  for (int i = 0; i < run.size; ++i) {  // vectorised for zeros and border padding
-    const auto b = bilinear_point<index_t>(run.gx[i], run.gy[i], plane.H, plane.W, P,
-                                           kAlignCorners);
+  constexpr bool kReflection = P == Padding::Reflection;
+  auto bounded = [&](int i) {
+    return !kReflection ||
+           (reflects_exactly(run.gx[i], plane.W) && reflects_exactly(run.gy[i], plane.H));
+  };
+  auto store = [&](int i, const Bilinear<acc_t, index_t>& b) {
     const auto c = corners(b, plane, I);
     run.base[i] = c.base;
     run.inside[i] = c.inside;
@@ -202,6 +208,18 @@ STN_VECTOR_CLONES void locate(Run<acc_t, index_t>& run, const Source& src, const
       }
       run.dx[i] = b.dx;
       run.dy[i] = b.dy;
+    }
+  };
+  for (int i = 0; i < run.size; ++i) {  // vectorised
+    const bool near = bounded(i);
+    store(i, bilinear_point<index_t, kReflection>(near ? run.gx[i] : acc_t(0),
+                                                  near ? run.gy[i] : acc_t(0), plane.H, plane.W,
+                                                  P, kAlignCorners));
+  }
+  if (!kReflection) return;
+  for (int i = 0; i < run.size; ++i) {
+    if (!bounded(i)) {
+      store(i, bilinear_point<index_t>(run.gx[i], run.gy[i], plane.H, plane.W, P, kAlignCorners));
     }
   }
 }
