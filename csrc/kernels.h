@@ -8,6 +8,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <limits>
+
 #include "sampler_math.h"
 
 namespace stn {
@@ -48,6 +51,14 @@ Image<scalar_t> image_of(const at::Tensor& t) {
   return {static_cast<scalar_t*>(t.data_ptr()),
           t.size(0), t.size(1), t.size(2), t.size(3),
           t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// Whether every neighbour's offset within a plane of `in` fits in 32 bits
+// (pixel positions reach [-2, size + 1]): the kernels then index planes with
+// int32_t, which costs less than int64_t on a CPU and much less on a GPU.
+template <typename scalar_t>
+bool plane_offsets_fit_int32(const Image<scalar_t>& in) {
+  return (in.H + 2) * in.sH + (in.W + 2) * in.sW <= std::numeric_limits<int32_t>::max();
 }
 
 template <typename scalar_t>

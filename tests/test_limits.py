@@ -1,9 +1,11 @@
-"""Sizes near the limits of 32-bit indexing. The CPU kernels address a plane with 32-bit
-offsets when every neighbour offset fits (with_index_type in csrc/cpu/sampler_cpu.cpp),
+"""Sizes near the limits of 32-bit indexing. The image kernels address a plane with 32-bit
+offsets when every neighbour offset fits (plane_offsets_fit_int32 in csrc/kernels.h),
 else with 64-bit ones, and everything beyond a plane (batch, channel, grid and output
-positions) in 64 bits; the CUDA kernels use 64-bit offsets throughout. Tensors here span
-more than 2**31 elements, cheaply: torch.empty reserves the memory and only the few pages
-the tests write or the kernels read are ever touched (a few MiB in all).
+positions) in 64 bits; the CUDA kernels index output points in 32 bits too where there are
+at most 2**30. Tensors here span more than 2**31 elements, cheaply on the CPU: torch.empty
+reserves the memory and only the few pages the tests write or the kernels read are ever
+touched (a few MiB in all). On a GPU the 8 GiB are allocated for real; the tests skip where
+the GPU has less free.
 
 Non-finite points never poison grad_input: test_grid_sample.py::
 test_non_finite_points_contribute_nothing."""
@@ -14,21 +16,32 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
+from conftest import DEVICES
 from helpers import grads
 
 INT32_MAX = 2**31 - 1
 W = 2**15  # plane width of the large planes below
 
 
+BIG_ELEMENTS = 2**31 + 2**22
+
+
+@pytest.fixture(params=DEVICES)
+def big_device(request):
+    if request.param == "cuda" and torch.cuda.mem_get_info()[0] < 4 * BIG_ELEMENTS + 2**31:
+        pytest.skip("the GPU has less than 10 GiB free for the 8 GiB buffer")
+    return request.param
+
+
 @functools.lru_cache(maxsize=1)
-def big_buffer():
-    """2**31 + 2**22 float32 elements (8 GiB of address space, almost none of it used)."""
-    return torch.empty(2**31 + 2**22, dtype=torch.float32)
+def big_buffer(device="cpu"):
+    """2**31 + 2**22 float32 elements (8 GiB of address space; on the CPU almost none of it used)."""
+    return torch.empty(BIG_ELEMENTS, dtype=torch.float32, device=device)
 
 
 def view_of(shape, strides, offset, values):
-    """A view into big_buffer() with the given layout, holding `values`."""
-    view = big_buffer().as_strided(shape, strides, offset)
+    """A view into big_buffer() on values' device with the given layout, holding `values`."""
+    view = big_buffer(values.device.type).as_strided(shape, strides, offset)
     view.copy_(values)
     return view
 
@@ -40,13 +53,13 @@ def plane_reach(h, w):
 
 @pytest.mark.parametrize("h", [65532, 65537], ids=["int32 offsets up to 2**31-2**17", "int64 offsets past 2**31"])
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
-def test_plane_with_offsets_near_2_31(h, padding_mode):
+def test_plane_with_offsets_near_2_31(h, padding_mode, big_device):
     """A dense float32 plane of ~2**31 elements, sampled near its far corner and elsewhere:
     values and grad_grid. torch's CPU kernel addresses float32 planes with 32-bit offsets, so
     the reference is torch on the 2x2 window around each point (in float64, at the pixel
     position stn_cuda computes in float32)."""
     assert (plane_reach(h, W) <= INT32_MAX) == (h == 65532)  # one on each side of the switch
-    input = big_buffer()[:h * W].view(1, 1, h, W)
+    input = big_buffer(big_device)[:h * W].view(1, 1, h, W)
     pixels = torch.tensor([[W - 1.25, h - 1.5], [W - 1, h - 1], [7.75, h - 2.5], [W - 1.75, 0.5],
                            [2.5, 3.25], [W / 2 - 0.6, h / 2 + 0.3], [W + 0.7, h + 0.4], [W - 0.6, h - 0.2]],
                           dtype=torch.float64)
@@ -66,12 +79,14 @@ def test_plane_with_offsets_near_2_31(h, padding_mode):
         windows[i, 0, y - corner[i, 1], x - corner[i, 0]] = input[0, 0, y, x].item()
     local = (2 * (position.double() - corner) - 1)[:, None, None].requires_grad_()  # in the window
 
-    out = stn_cuda.grid_sample(input, grid, padding_mode=padding_mode, align_corners=True)
+    grid_on = grid.detach().to(big_device).requires_grad_()
+    out = stn_cuda.grid_sample(input, grid_on, padding_mode=padding_mode, align_corners=True)
     ref = F.grid_sample(windows, local, align_corners=True)  # zeros: the window holds the padding
-    torch.testing.assert_close(out[0, 0, 0].double(), ref.flatten(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[0, 0, 0].double().cpu(), ref.flatten(), atol=1e-5, rtol=1e-5)
     if padding_mode == "zeros":
         go = torch.randn(len(pixels), dtype=torch.float64)
-        (gg,), (rg,) = grads(out, (grid,), go.float().view(out.shape)), grads(ref, (local,), go.view(ref.shape))
+        (gg,), (rg,) = grads(out, (grid_on,), go.float().view(out.shape).to(big_device)), grads(ref, (local,), go.view(ref.shape))
+        gg = gg.cpu()
         # d local / d grid = 2 * d position / d grid = size - 1
         torch.testing.assert_close(gg[0, 0].double(), rg[:, 0, 0] * (size - 1), atol=1e-5 * W, rtol=1e-4)
 
@@ -87,15 +102,16 @@ BIG_STRIDES = {
 
 @pytest.mark.parametrize("name", BIG_STRIDES)
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
-def test_strides_past_2_31(name, padding_mode):
+def test_strides_past_2_31(name, padding_mode, big_device):
     """grid_sample and affine_sample, forward and backward, with input, grid and
     grad_output views whose element offsets exceed 2**31; against torch on compact copies."""
     shape, strides, offset = BIG_STRIDES[name]
     n, c = shape[:2]
-    input = view_of(shape, strides, offset, torch.randn(shape))
+    input = view_of(shape, strides, offset, torch.randn(shape, device=big_device))
     # the grid's and grad_output's second batch elements lie past 2**31 too, apart from the input's
-    grid = view_of((n, 4, 3, 2), (2**31 + 2**12, 6, 2, 1), 2**20, torch.rand(n, 4, 3, 2) * 2.4 - 1.2)
-    go = view_of((n, c, 4, 3), (2**31 + 2**13, 12, 3, 1), 2**21, torch.randn(n, c, 4, 3))
+    grid = view_of((n, 4, 3, 2), (2**31 + 2**12, 6, 2, 1), 2**20,
+                   torch.rand(n, 4, 3, 2, device=big_device) * 2.4 - 1.2)
+    go = view_of((n, c, 4, 3), (2**31 + 2**13, 12, 3, 1), 2**21, torch.randn(n, c, 4, 3, device=big_device))
     sampling = (0, ["zeros", "border", "reflection"].index(padding_mode), False)
 
     out = torch.ops.stn_cuda.grid_sample(input, grid, *sampling)
@@ -106,7 +122,7 @@ def test_strides_past_2_31(name, padding_mode):
     for ours, theirs in zip((gi, gg), grads(ref, (x, g), go.contiguous())):
         torch.testing.assert_close(ours, theirs)
 
-    theta = (torch.eye(2, 3) + 0.3 * torch.randn(n, 2, 3)).requires_grad_()
+    theta = (torch.eye(2, 3, device=big_device) + 0.3 * torch.randn(n, 2, 3, device=big_device)).requires_grad_()
     fused = torch.ops.stn_cuda.affine_sample(input, theta.detach(), [4, 3], *sampling)
     gi, gt = torch.ops.stn_cuda.affine_sample_backward(go, input, theta.detach(), *sampling, [True, True])
     ref = F.grid_sample(x, F.affine_grid(theta, (n, c, 4, 3), align_corners=False),

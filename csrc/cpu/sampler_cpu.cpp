@@ -64,8 +64,7 @@ void with_modes(Sampling sampling, F&& f) {
 // fits in them (pixel positions reach [-2, size + 1]), else 64-bit ones.
 template <typename scalar_t, typename F>
 void with_index_type(const Image<scalar_t>& in, F&& f) {
-  const int64_t reach = (in.H + 2) * in.sH + (in.W + 2) * in.sW;
-  if (reach <= std::numeric_limits<int32_t>::max()) return f(int32_t{});
+  if (plane_offsets_fit_int32(in)) return f(int32_t{});
   return f(int64_t{});
 }
 

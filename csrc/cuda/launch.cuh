@@ -5,6 +5,8 @@
 
 #include <c10/cuda/CUDAStream.h>
 
+#include "../kernels.h"
+
 #include <algorithm>
 #include <cstdint>
 
@@ -34,6 +36,16 @@ inline LaunchPlan plan_launch(int64_t N, int64_t C, int64_t points) {
   return {dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(groups),
                static_cast<unsigned>(std::min<int64_t>(N, 65535))),
           dim3(threads), per_thread};
+}
+
+// Call f(index_t{}) with 32-bit point indices and plane offsets where they fit,
+// else 64-bit ones (64-bit division and multiplication take many instructions
+// on a GPU). At most 2^30 points keeps a point index plus the loops' stride
+// (under points + kMaxThreads, by plan_launch) within int32_t.
+template <typename scalar_t, typename F>
+void with_point_index_type(const Image<scalar_t>& in, int64_t points, F&& f) {
+  if (points <= (int64_t(1) << 30) && plane_offsets_fit_int32(in)) return f(int32_t{});
+  return f(int64_t{});
 }
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
@@ -79,10 +91,22 @@ __device__ void store_point_grad(T* dst, const T (&g)[K], bool atomic) {
   }
 }
 
+// This thread's first point and the stride of the loop over points, in the
+// points' index type.
+template <typename T>
+__device__ T first_point() {
+  return T(blockIdx.x) * T(blockDim.x) + T(threadIdx.x);
+}
+template <typename T>
+__device__ T point_stride() {
+  return T(gridDim.x) * T(blockDim.x);
+}
+
 }  // namespace stn
 
-// Loops of the kernels: batch elements along z, points along x.
+// Loops of the kernels: batch elements along z, points along x. The point
+// index p has the type of P (int32_t where with_point_index_type allows).
 #define STN_FOR_EACH_N(N) for (int64_t n = blockIdx.z; n < (N); n += gridDim.z)
-#define STN_FOR_EACH_POINT(P)                                                          \
-  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < (P); \
-       p += int64_t(gridDim.x) * blockDim.x)
+#define STN_FOR_EACH_POINT(P)                                        \
+  for (auto p = stn::first_point<decltype((P) + 0)>(); p < (P); \
+       p += stn::point_stride<decltype((P) + 0)>())

@@ -46,27 +46,29 @@ struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous, zeroed
 
 // kBicubic: mode="bicubic" (16 taps per point) in a kernel of its own, so that
 // its registers do not weigh on the bilinear and nearest kernels.
-template <bool kBicubic, typename scalar_t, typename Source>
+// index_t: of output points and plane offsets (with_point_index_type).
+template <bool kBicubic, typename index_t, typename scalar_t, typename Source>
 __global__ void __launch_bounds__(kMaxThreads)
 sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
                       int64_t channels_per_thread, Sampling sampling) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
-  const auto plane = in.template plane_shape<int64_t>();
+  const auto plane = in.template plane_shape<index_t>();
+  const index_t W_out = static_cast<index_t>(out.W), points = static_cast<index_t>(out.H * out.W);
   STN_FOR_EACH_N(out.N) {
-    STN_FOR_EACH_POINT(out.H * out.W) {
-      const int64_t h = p / out.W, w = p - h * out.W;
+    STN_FOR_EACH_POINT(points) {
+      const index_t h = p / W_out, w = p - h * W_out;
       const auto pt = src.template point<acc_t>(n, h, w);
       if constexpr (kBicubic) {
-        const auto b = bicubic_point<int64_t>(pt.x, pt.y, plane, sampling.padding,
+        const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, sampling.padding,
                                               sampling.align_corners);
         for (int64_t c = c0; c < c1; ++c) {
           out.plane(n, c)[out.offset(h, w)] =
               static_cast<scalar_t>(bicubic_interpolate(in.plane(n, c), b));
         }
       } else {
-        const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
+        const auto b = bilinear_point<index_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
                                                sampling.align_corners);
         const auto corner = corners(b, plane, sampling.interpolation);
         for (int64_t c = c0; c < c1; ++c) {
@@ -78,7 +80,7 @@ sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
   }
 }
 
-template <bool kBicubic, typename scalar_t, typename Source, typename Sink>
+template <bool kBicubic, typename index_t, typename scalar_t, typename Source, typename Sink>
 __global__ void __launch_bounds__(kMaxThreads)
 sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
                        Image<at::opmath_type<scalar_t>> grad_in, Source src, Sink sink,
@@ -91,10 +93,12 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
   // grad_in is laid out like in (see ops.cpp), so in's offsets address it.
-  const auto plane = in.template plane_shape<int64_t>();
+  const auto plane = in.template plane_shape<index_t>();
+  const index_t W_out = static_cast<index_t>(grad_out.W);
+  const index_t points = static_cast<index_t>(grad_out.H * grad_out.W);
   STN_FOR_EACH_N(grad_out.N) {
-    STN_FOR_EACH_POINT(grad_out.H * grad_out.W) {
-      const int64_t h = p / grad_out.W, w = p - h * grad_out.W;
+    STN_FOR_EACH_POINT(points) {
+      const index_t h = p / W_out, w = p - h * W_out;
       const auto pt = src.template point<acc_t>(n, h, w);
       // The backward of the point, channel by channel: `channel` scatters into
       // grad_input and accumulates d loss / d pixel, which the sink gets scaled
@@ -103,21 +107,21 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
         Point2<acc_t> g{acc_t(0), acc_t(0)};
         for (int64_t c = c0; c < c1; ++c) {
           acc_t* grad_in_plane = need_input_grad ? grad_in.plane(n, c) : nullptr;
-          auto add = [&](int64_t offset, acc_t v) { atomicAdd(grad_in_plane + offset, v); };
+          auto add = [&](index_t offset, acc_t v) { atomicAdd(grad_in_plane + offset, v); };
           const acc_t go = static_cast<acc_t>(grad_out.plane(n, c)[grad_out.offset(h, w)]);
           channel(in.plane(n, c), go, add, g);
         }
         if (need_grid_grad) sink.add(n, h, w, {g.x * d_pixel.x, g.y * d_pixel.y});
       };
       if constexpr (kBicubic) {
-        const auto b = bicubic_point<int64_t>(pt.x, pt.y, plane, sampling.padding,
+        const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, sampling.padding,
                                               sampling.align_corners);
         point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t go, auto& add,
                                          Point2<acc_t>& g) {
           bicubic_backward(data, go, b, need_input_grad, grid_grad_nonzero, add, g);
         });
       } else {
-        const auto b = bilinear_point<int64_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
+        const auto b = bilinear_point<index_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
                                                sampling.align_corners);
         const auto corner = corners(b, plane, sampling.interpolation);
         point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t go, auto& add,
@@ -164,14 +168,18 @@ affine_grid_backward_kernel(TensorGrid<scalar_t> grad_grid,
 template <typename scalar_t, typename Source>
 void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
                     Sampling sampling) {
-  const auto plan = plan_launch(output.size(0), output.size(1), output.size(2) * output.size(3));
-  const auto kernel = sampling.interpolation == Interpolation::Bicubic
-                          ? sample_forward_kernel<true, scalar_t, Source>
-                          : sample_forward_kernel<false, scalar_t, Source>;
-  kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
-      image_of<const scalar_t>(input), image_of<scalar_t>(output), src,
-      plan.channels_per_thread, sampling);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const int64_t points = output.size(2) * output.size(3);
+  const auto plan = plan_launch(output.size(0), output.size(1), points);
+  const auto in = image_of<const scalar_t>(input);
+  with_point_index_type(in, points, [&](auto index) {
+    using index_t = decltype(index);
+    const auto kernel = sampling.interpolation == Interpolation::Bicubic
+                            ? sample_forward_kernel<true, index_t, scalar_t, Source>
+                            : sample_forward_kernel<false, index_t, scalar_t, Source>;
+    kernel<<<plan.grid, plan.block, 0, current_stream()>>>(in, image_of<scalar_t>(output), src,
+                                                           plan.channels_per_thread, sampling);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 // grad_theta needs every channel group of a point in one sum, which the
@@ -181,18 +189,22 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
                      const at::Tensor& grad_input, bool need_grid_grad, Sampling sampling,
                      MakeSink make_sink) {
   using acc_t = at::opmath_type<scalar_t>;
-  const auto plan =
-      plan_launch(grad_output.size(0), grad_output.size(1), grad_output.size(2) * grad_output.size(3));
+  const int64_t points = grad_output.size(2) * grad_output.size(3);
+  const auto plan = plan_launch(grad_output.size(0), grad_output.size(1), points);
   const auto sink = make_sink(plan.grid.y > 1);
   using SinkT = std::decay_t<decltype(sink)>;
-  const auto kernel = sampling.interpolation == Interpolation::Bicubic
-                          ? sample_backward_kernel<true, scalar_t, Source, SinkT>
-                          : sample_backward_kernel<false, scalar_t, Source, SinkT>;
-  kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
-      image_of<const scalar_t>(grad_output), image_of<const scalar_t>(input),
-      grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
-      need_grid_grad, plan.channels_per_thread, sampling);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto in = image_of<const scalar_t>(input);
+  with_point_index_type(in, points, [&](auto index) {
+    using index_t = decltype(index);
+    const auto kernel = sampling.interpolation == Interpolation::Bicubic
+                            ? sample_backward_kernel<true, index_t, scalar_t, Source, SinkT>
+                            : sample_backward_kernel<false, index_t, scalar_t, Source, SinkT>;
+    kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
+        image_of<const scalar_t>(grad_output), in,
+        grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
+        need_grid_grad, plan.channels_per_thread, sampling);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
