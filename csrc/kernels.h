@@ -55,10 +55,15 @@ Image<scalar_t> image_of(const at::Tensor& t) {
 
 // Whether every neighbour's offset within a plane of `in` fits in 32 bits
 // (pixel positions reach [-2, size + 1]): the kernels then index planes with
-// int32_t, which costs less than int64_t on a CPU and much less on a GPU.
+// int32_t, which costs less than int64_t on a CPU and much less on a GPU. Sides
+// under 2^30 keep the sum below from overflowing and every float pixel position
+// convertible to int32_t.
 template <typename scalar_t>
 bool plane_offsets_fit_int32(const Image<scalar_t>& in) {
-  return (in.H + 2) * in.sH + (in.W + 2) * in.sW <= std::numeric_limits<int32_t>::max();
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  const int64_t kSide = int64_t(1) << 30;
+  if (in.H >= kSide || in.W >= kSide || in.sH > kMax || in.sW > kMax) return false;
+  return (in.H + 2) * in.sH + (in.W + 2) * in.sW <= kMax;
 }
 
 template <typename scalar_t>

@@ -146,6 +146,21 @@ def test_bitwise_repeatable(device):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("size", [(3, 5, 96, 80), (2, 4, 6, 40, 48)], ids=["image", "volume"])
+def test_affine_grid_backward_bitwise_repeatable(device, size):
+    """affine_grid's grad_theta is always summed in a fixed order (per-block partials, then
+    at::sum; on the CPU, per batch element), in any mode."""
+    dims = len(size) - 2
+    theta = random_theta(size[0], torch.float32, device, spread=0.5, dims=dims)
+    grad_grid = torch.randn(size[0], *size[2:], dims, device=device)
+    first = ops.affine_grid_backward(grad_grid, False)
+    for _ in range(5):
+        assert torch.equal(ops.affine_grid_backward(grad_grid, False), first)
+    ref, = torch.autograd.grad(F.affine_grid(theta.requires_grad_(), size, align_corners=False),
+                               theta, grad_grid)
+    torch.testing.assert_close(first, ref, atol=1e-2, rtol=1e-3)
+
+
 # -- what selects it ---------------------------------------------------------------------
 
 class BackwardFlags(TorchDispatchMode):

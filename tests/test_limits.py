@@ -2,7 +2,7 @@
 offsets when every neighbour offset fits (plane_offsets_fit_int32 in csrc/kernels.h),
 else with 64-bit ones, and everything beyond a plane (batch, channel, grid and output
 positions) in 64 bits; the CUDA kernels index output points in 32 bits too where there are
-at most 2**30. Tensors here span more than 2**31 elements, cheaply on the CPU: torch.empty
+at most 2**30 - 256. Tensors here span more than 2**31 elements, cheaply on the CPU: torch.empty
 reserves the memory and only the few pages the tests write or the kernels read are ever
 touched (a few MiB in all). On a GPU the 8 GiB are allocated for real; the tests skip where
 the GPU has less free.
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
-from conftest import DEVICES
+from conftest import DEVICES, HAS_CUDA, NO_CUDA_REASON
 from helpers import grads
 
 INT32_MAX = 2**31 - 1
@@ -130,3 +130,28 @@ def test_strides_past_2_31(name, padding_mode, big_device):
     torch.testing.assert_close(fused, ref)
     for ours, theirs in zip((gi, gt), grads(ref, (x, theta), go.contiguous())):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [32767, 32768], ids=["int32 points: 2**30 - 2**15", "int64 points: 2**30"])
+def test_output_points_near_2_30_on_cuda(rows):
+    """The CUDA image kernels number a batch element's output points in 32 bits up to
+    2**30 - 256 of them, else in 64 (with_point_index_type, csrc/cuda/launch.cuh): a 2 GiB
+    float16 output from the fused sampler on each side of the switch, checked against
+    torch at points spread over it, the last one included."""
+    if not HAS_CUDA:
+        pytest.skip(NO_CUDA_REASON)
+    if torch.cuda.mem_get_info()[0] < 2**32:
+        pytest.skip("the GPU has less than 4 GiB free for the 2 GiB output")
+    size = (rows, 32768)
+    input = torch.randn(1, 1, 64, 64, dtype=torch.float16, device="cuda")
+    theta = torch.tensor([[[0.9, 0.2, 0.1], [-0.2, 0.9, 0.05]]], dtype=torch.float16, device="cuda")
+    out = stn_cuda.affine_sample(input, theta, size)
+    h = torch.tensor([0, 1, rows // 2, rows - 2, rows - 1, rows - 1], device="cuda")
+    w = torch.tensor([0, 32767, 12345, 1, 32766, 32767], device="cuda")
+    # the points' source coordinates as affine_grid lays them out, in float64
+    xt = (2 * w.double() + 1) / size[1] - 1
+    yt = (2 * h.double() + 1) / size[0] - 1
+    src = theta.double()[0] @ torch.stack([xt, yt, torch.ones_like(xt)])
+    ref = F.grid_sample(input.double(), src.T.reshape(1, 1, -1, 2), align_corners=False)
+    torch.testing.assert_close(out[0, 0, h, w].double(), ref.flatten(), atol=5e-3, rtol=5e-3)
+    del out

@@ -87,7 +87,7 @@ void gather(const at::Tensor& grad_output, const at::Tensor& starts, const at::T
 }
 
 // Where a point's gradient goes: stored (grad_grid), or summed per block into
-// partials (N, blocks, 6) (grad_theta).
+// partials (grad_theta: ThetaGradSink of launch.cuh, with partials).
 template <typename acc_t>
 struct GridStore {
   acc_t* data;
@@ -98,25 +98,6 @@ struct GridStore {
     d[1] = g.y;
   }
   __device__ void finish(int64_t) {}
-};
-
-template <typename acc_t>
-struct ThetaPartials {
-  acc_t* partials;
-  ThetaGrid<acc_t> src;
-  ThetaGradSum<acc_t> sum;
-  __device__ void add(int64_t, int64_t h, int64_t w, Point2<acc_t> g) {
-    sum.add(src.xt(w), src.yt(h), g);
-  }
-  __device__ void finish(int64_t n) {
-    acc_t* dst = partials + (n * gridDim.x + blockIdx.x) * 6;
-#pragma unroll
-    for (int k = 0; k < 6; ++k) {
-      const acc_t s = block_sum(sum.v[k]);
-      if (threadIdx.x == 0) dst[k] = s;
-    }
-    sum = {};
-  }
 };
 
 // One thread per point, every channel: the point's gradient in a fixed order.
@@ -166,13 +147,11 @@ void source_grad(const at::Tensor& grad_output, const at::Tensor& input, const a
     using scalar_t = decltype(s);
     using acc_t = at::opmath_type<scalar_t>;
     if constexpr (std::is_same_v<std::decay_t<decltype(src)>, ThetaGrid<acc_t>>) {
-      // Every (batch element, block) pair writes its row, whatever gridDim.z is.
-      const int64_t N = source.size(0);
-      const at::Tensor partials = at::empty({N, int64_t(plan.grid.x), 6}, grad_source.options());
+      const at::Tensor partials = block_partials(grad_source, plan);
       point_grads<scalar_t>(grad_output, input, src,
-                            ThetaPartials<acc_t>{partials.data_ptr<acc_t>(), src, {}}, plan,
+                            ThetaGradSink<acc_t>{nullptr, src, partials.data_ptr<acc_t>()}, plan,
                             sampling);
-      grad_source.copy_(partials.sum(1).view({N, 2, 3}));
+      sum_block_partials(partials, grad_source);
     } else {
       point_grads<scalar_t>(grad_output, input, src,
                             GridStore<acc_t>{grad_source.data_ptr<acc_t>(), source.size(1),

@@ -3,6 +3,7 @@
 // and gradient stores of the backward passes.
 #pragma once
 
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "../kernels.h"
@@ -38,13 +39,17 @@ inline LaunchPlan plan_launch(int64_t N, int64_t C, int64_t points) {
           dim3(threads), per_thread};
 }
 
+// The most output points per batch element indexed in 32 bits: the loops'
+// stride (threads times blocks, by plan_launch under points + kMaxThreads) added
+// to a point index stays below 2 * kMaxPoints32 + kMaxThreads < 2^31.
+constexpr int64_t kMaxPoints32 = (int64_t(1) << 30) - kMaxThreads;
+
 // Call f(index_t{}) with 32-bit point indices and plane offsets where they fit,
 // else 64-bit ones (64-bit division and multiplication take many instructions
-// on a GPU). At most 2^30 points keeps a point index plus the loops' stride
-// (under points + kMaxThreads, by plan_launch) within int32_t.
+// on a GPU).
 template <typename scalar_t, typename F>
 void with_point_index_type(const Image<scalar_t>& in, int64_t points, F&& f) {
-  if (points <= (int64_t(1) << 30) && plane_offsets_fit_int32(in)) return f(int32_t{});
+  if (points <= kMaxPoints32 && plane_offsets_fit_int32(in)) return f(int32_t{});
   return f(int64_t{});
 }
 
@@ -77,6 +82,43 @@ __device__ void add_block_sums(T* dst, const T (&v)[K]) {
   }
 }
 
+// The block's sums of v[0..K) stored as row (n, blockIdx.x) of partials
+// (N, gridDim.x, K), for sum_block_partials to add in a fixed order: unlike
+// add_block_sums' atomics, the same bits run after run. Every thread of the
+// block must call it, and every (n, block) pair of the launch writes its row.
+template <int K, typename T>
+__device__ void store_block_sums(T* partials, int64_t n, const T (&v)[K]) {
+  T* dst = partials + (n * gridDim.x + blockIdx.x) * K;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const T s = block_sum(v[k]);
+    if (threadIdx.x == 0) dst[k] = s;
+  }
+}
+
+// The block's sums of v[0..K) into batch element n's row of sums (N, K):
+// added atomically (sums zeroed beforehand), or, where partials is set, stored
+// there for sum_block_partials.
+template <int K, typename T>
+__device__ void reduce_block_sums(T* sums, T* partials, int64_t n, const T (&v)[K]) {
+  if (partials != nullptr) {
+    store_block_sums(partials, n, v);
+  } else {
+    add_block_sums(sums + K * n, v);
+  }
+}
+
+// The partials buffer of a launch for `sums` (N, ...), K values per batch element.
+inline at::Tensor block_partials(const at::Tensor& sums, const LaunchPlan& plan) {
+  return at::empty({sums.size(0), int64_t(plan.grid.x), sums.numel() / sums.size(0)},
+                   sums.options());
+}
+
+// sums = the partials added over the blocks, in a fixed order (at::sum).
+inline void sum_block_partials(const at::Tensor& partials, const at::Tensor& sums) {
+  sums.copy_(partials.sum(1).view(sums.sizes()));
+}
+
 // A point's gradient with respect to its K coordinates, stored, or added
 // atomically when several channel groups add into the same point.
 template <int K, typename T>
@@ -101,6 +143,24 @@ template <typename T>
 __device__ T point_stride() {
   return T(gridDim.x) * T(blockDim.x);
 }
+
+// A sink (where each point's gradient with respect to its source coordinates
+// goes) for grad_theta (N, 2, 3), contiguous: summed per block, then as
+// reduce_block_sums does.
+template <typename acc_t>
+struct ThetaGradSink {
+  acc_t* data;
+  ThetaGrid<acc_t> src;
+  acc_t* partials = nullptr;
+  ThetaGradSum<acc_t> sum = {};
+  __device__ void add(int64_t, int64_t h, int64_t w, Point2<acc_t> g) {
+    sum.add(src.xt(w), src.yt(h), g);
+  }
+  __device__ void finish(int64_t n) {
+    reduce_block_sums(data, partials, n, sum.v);
+    sum = {};
+  }
+};
 
 }  // namespace stn
 

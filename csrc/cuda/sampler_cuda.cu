@@ -30,20 +30,6 @@ struct GridGradSink {  // grad_grid (N, H_out, W_out, 2), contiguous
   __device__ void finish(int64_t) {}
 };
 
-template <typename acc_t>
-struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous, zeroed
-  acc_t* data;
-  ThetaGrid<acc_t> src;
-  ThetaGradSum<acc_t> sum;
-  __device__ void add(int64_t, int64_t h, int64_t w, Point2<acc_t> g) {
-    sum.add(src.xt(w), src.yt(h), g);
-  }
-  __device__ void finish(int64_t n) {
-    add_block_sums(data + 6 * n, sum.v);
-    sum = {};
-  }
-};
-
 // kBicubic: mode="bicubic" (16 taps per point) in a kernel of its own, so that
 // its registers do not weigh on the bilinear and nearest kernels.
 // index_t: of output points and plane offsets (with_point_index_type).
@@ -254,8 +240,8 @@ void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& inp
         theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3),
                              sampling.align_corners);
     auto make_sink = [&](bool) {
-      return ThetaGradSink<acc_t>{
-          grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src, {}};
+      return ThetaGradSink<acc_t>{grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr,
+                                  src};
     };
     sample_backward<scalar_t>(grad_output, input, src, grad_input, grad_theta.defined(),
                               sampling, make_sink);
@@ -274,6 +260,8 @@ void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool a
   });
 }
 
+// Deterministic: per-block partial sums, added in a fixed order (cheap here,
+// with no sampling to weigh against).
 void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_theta,
                           bool align_corners) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_grid.scalar_type(),
@@ -281,11 +269,13 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t N = grad_grid.size(0), H = grad_grid.size(1), W = grad_grid.size(2);
     const auto plan = plan_launch(N, 1, H * W);
-    const ThetaGradSink<acc_t> sink{grad_theta.data_ptr<acc_t>(),
-                                    ThetaGrid<acc_t>{nullptr, H, W, align_corners}, {}};
+    const at::Tensor partials = block_partials(grad_theta, plan);
+    const ThetaGradSink<acc_t> sink{nullptr, ThetaGrid<acc_t>{nullptr, H, W, align_corners},
+                                    partials.data_ptr<acc_t>()};
     affine_grid_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
         tensor_grid_of<scalar_t>(grad_grid), sink, N);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sum_block_partials(partials, grad_theta);
   });
 }
 

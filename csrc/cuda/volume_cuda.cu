@@ -26,16 +26,18 @@ struct GridGradSink3 {  // grad_grid (N, D_out, H_out, W_out, 3), contiguous
   __device__ void finish(int64_t) {}
 };
 
+// grad_theta (N, 3, 4), contiguous, as ThetaGradSink (launch.cuh) for images.
 template <typename acc_t>
-struct ThetaGradSink3 {  // grad_theta (N, 3, 4), contiguous, zeroed
+struct ThetaGradSink3 {
   acc_t* data;
   ThetaGrid3<acc_t> src;
-  ThetaGradSum3<acc_t> sum;
+  acc_t* partials = nullptr;
+  ThetaGradSum3<acc_t> sum = {};
   __device__ void add(int64_t, int64_t, int64_t d, int64_t h, int64_t w, Point3<acc_t> g) {
     sum.add(src.xt(w), src.yt(h), src.zt(d), g);
   }
   __device__ void finish(int64_t n) {
-    add_block_sums(data + 12 * n, sum.v);
+    reduce_block_sums(data, partials, n, sum.v);
     sum = {};
   }
 };
@@ -212,7 +214,7 @@ void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& inp
                                            sampling.align_corners);
     auto make_sink = [&](bool) {
       return ThetaGradSink3<acc_t>{
-          grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src, {}};
+          grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src};
     };
     volume_backward<scalar_t>(grad_output, input, src, grad_input, grad_theta.defined(),
                               sampling, make_sink);
@@ -232,6 +234,7 @@ void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool a
   });
 }
 
+// Deterministic, as for images: per-block partials added in a fixed order.
 void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_theta,
                           bool align_corners) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_grid.scalar_type(),
@@ -239,13 +242,14 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t N = grad_grid.size(0);
     const auto plan = plan_launch(N, 1, grad_grid.size(1) * grad_grid.size(2) * grad_grid.size(3));
+    const at::Tensor partials = block_partials(grad_theta, plan);
     const ThetaGradSink3<acc_t> sink{
-        grad_theta.data_ptr<acc_t>(),
-        theta_grid3_of<acc_t>(at::Tensor(), grad_grid.sizes().slice(1, 3), align_corners),
-        {}};
+        nullptr, theta_grid3_of<acc_t>(at::Tensor(), grad_grid.sizes().slice(1, 3), align_corners),
+        partials.data_ptr<acc_t>()};
     affine_grid3_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
         tensor_grid3_of<scalar_t>(grad_grid), sink, N);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sum_block_partials(partials, grad_theta);
   });
 }
 
