@@ -223,18 +223,43 @@ STN_VECTOR_CLONES void locate(Run<acc_t, index_t>& run, const Source& src, const
   }
 }
 
+// Phase 2 for one point in one channel plane, forward (sample) and backward
+// (scatter): nearest reads and scatters through its one neighbour, whose weight
+// is 1 (the value itself, -0.0 included, as torch), without bilinear's four;
+// the grid gets no gradient from it.
+template <Interpolation I, typename acc_t, typename index_t, typename scalar_t>
+acc_t sample(const scalar_t* data, const Corners<acc_t, index_t>& c, const Plane<index_t>& plane) {
+  if constexpr (I == Interpolation::Nearest) {
+    return c.inside ? static_cast<acc_t>(data[c.base]) : acc_t(0);
+  } else {
+    return interpolate(data, c, plane);
+  }
+}
+
+template <Interpolation I, typename acc_t, typename index_t, typename scalar_t, typename AddFn>
+void scatter(const scalar_t* data, acc_t grad_out, const Corners<acc_t, index_t>& c,
+             const Bilinear<acc_t, index_t>& b, const Plane<index_t>& plane, bool need_input_grad,
+             bool grid_grad_nonzero, AddFn&& add, Point2<acc_t>& grad) {
+  if constexpr (I == Interpolation::Nearest) {
+    if (need_input_grad && c.inside) add(c.base, grad_out);
+  } else {
+    interpolate_backward(data, grad_out, c, b, plane, need_input_grad, grid_grad_nonzero, add,
+                         grad);
+  }
+}
+
 // Phase 2 of the forward pass: the run's points, channel by channel (measured
 // faster than channels innermost, for one channel and for many), into a
 // contiguous output, where the run's points are consecutive. Everything by
 // value, so that it stays in registers.
-template <typename acc_t, typename index_t, typename scalar_t>
+template <Interpolation I, typename acc_t, typename index_t, typename scalar_t>
 void interpolate_run(const Run<acc_t, index_t>& run, const Plane<index_t> plane,
                      const scalar_t* in, int64_t in_sC, scalar_t* out, int64_t out_sC, int64_t C) {
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* in_c = in + c * in_sC;
     scalar_t* out_c = out + c * out_sC;
     for (int i = 0; i < run.size; ++i) {
-      out_c[i] = static_cast<scalar_t>(interpolate(in_c, run.corners(i), plane));
+      out_c[i] = static_cast<scalar_t>(sample<I>(in_c, run.corners(i), plane));
     }
   }
 }
@@ -304,7 +329,7 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
             bicubic_run<P, kAlignCorners, acc_t>(src, at, plane, in, out);
           } else {
             locate<false, I, P, kAlignCorners>(run, src, at, out.W, plane);
-            interpolate_run(run, plane, in.plane(at.n, 0), in.sC,
+            interpolate_run<I>(run, plane, in.plane(at.n, 0), in.sC,
                             out.plane(at.n, 0) + out.offset(at.h, at.w), out.sC, in.C);
           }
         }
@@ -313,28 +338,36 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
   });
 }
 
-// Phase 2 of the backward pass for a single channel: the run's points scatter
-// into grad_input and their d loss / d pixel, scaled by d pixel / d coordinate,
-// goes to the sink. A tight loop over points, which with one channel costs
-// about a fifth less than the general loop below; with more channels, that
-// loop's order (each point's channels in turn) keeps the planes' neighbourhoods
-// in cache and the same-address adds apart, and is faster.
-template <typename acc_t, typename index_t, typename scalar_t, typename Sink>
-void backward_run_one_channel(const Run<acc_t, index_t>& run, const RunStart& at,
-                              const Plane<index_t> plane, const scalar_t* in,
-                              const scalar_t* grad_out, const Image<const scalar_t>& go,
-                              acc_t* grad_in, bool need_input_grad, bool grid_grad_nonzero,
-                              bool need_grid_grad, Sink& sink) {
-  acc_t g[kRun];
-  for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
-    g[i] = static_cast<acc_t>(grad_out[go.offset(h, w)]);
-  });
-  auto add = [grad_in](index_t offset, acc_t v) { grad_in[offset] += v; };
+// Phase 2 of the backward pass, channel by channel, each channel's points in a
+// tight loop: they scatter into grad_input and add d loss / d pixel into
+// grad[i] (over the channels in order), which the sink then gets scaled by
+// d pixel / d coordinate. Used where a point's work per channel is small: one
+// channel (the general loop below costs a fifth more there), or nearest
+// sampling, whose lone adds into planes 16 KiB apart thrash the cache when
+// each point visits all its channels (5x slower at 32 channels). Bilinear with
+// more channels takes the general loop, whose order keeps each point's
+// neighbourhood in registers and the same-address adds apart.
+template <Interpolation I, typename acc_t, typename index_t, typename scalar_t, typename Sink>
+void backward_run_by_channel(const Run<acc_t, index_t>& run, const RunStart& at,
+                             const Plane<index_t> plane, const Image<const scalar_t>& in,
+                             const Image<const scalar_t>& go, const Image<acc_t>& gi,
+                             bool need_input_grad, bool grid_grad_nonzero, bool need_grid_grad,
+                             Sink& sink) {
   Point2<acc_t> grad[kRun];
-  for (int i = 0; i < run.size; ++i) {
-    grad[i] = {acc_t(0), acc_t(0)};
-    interpolate_backward(in, g[i], run.corners(i), run.bilinear(i), plane, need_input_grad,
-                         grid_grad_nonzero, add, grad[i]);
+  std::fill_n(grad, run.size, Point2<acc_t>{acc_t(0), acc_t(0)});
+  acc_t g[kRun];
+  for (int64_t c = 0; c < in.C; ++c) {
+    const scalar_t* go_c = go.plane(at.n, c);
+    for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
+      g[i] = static_cast<acc_t>(go_c[go.offset(h, w)]);
+    });
+    acc_t* gi_c = need_input_grad ? gi.plane(at.n, c) : nullptr;
+    auto add = [gi_c](index_t offset, acc_t v) { gi_c[offset] += v; };
+    const scalar_t* in_c = in.plane(at.n, c);
+    for (int i = 0; i < run.size; ++i) {
+      scatter<I>(in_c, g[i], run.corners(i), run.bilinear(i), plane, need_input_grad,
+                 grid_grad_nonzero, add, grad[i]);
+    }
   }
   if (!need_grid_grad) return;
   for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
@@ -395,9 +428,9 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
               continue;
             }
             locate<true, I, P, kAlignCorners>(run, src, at, go.W, plane);
-            if (in.C == 1) {
-              backward_run_one_channel(run, at, plane, in_n, go_n, go, gi_n, need_input_grad,
-                                       grid_grad_nonzero, need_grid_grad, s);
+            if (in.C == 1 || I == Interpolation::Nearest) {
+              backward_run_by_channel<I>(run, at, plane, in, go, gi, need_input_grad,
+                                         grid_grad_nonzero, need_grid_grad, s);
               continue;
             }
             for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
@@ -405,8 +438,8 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
               const auto b = run.bilinear(i);
               point_backward(h, w, {b.dx, b.dy}, [&](const scalar_t* data, acc_t g, auto& add,
                                                      Point2<acc_t>& grad) {
-                interpolate_backward(data, g, corners, b, plane, need_input_grad,
-                                     grid_grad_nonzero, add, grad);
+                scatter<I>(data, g, corners, b, plane, need_input_grad, grid_grad_nonzero, add,
+                           grad);
               });
             });
           }
