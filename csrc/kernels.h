@@ -9,7 +9,9 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
+#include <utility>
 
 #include "sampler_math.h"
 
@@ -53,17 +55,24 @@ Image<scalar_t> image_of(const at::Tensor& t) {
           t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// Whether every neighbour's offset within a plane of `in` fits in 32 bits
-// (pixel positions reach [-2, size + 1]): the kernels then index planes with
-// int32_t, which costs less than int64_t on a CPU and much less on a GPU. Sides
-// under 2^30 keep the sum below from overflowing and every float pixel position
-// convertible to int32_t.
-template <typename scalar_t>
-bool plane_offsets_fit_int32(const Image<scalar_t>& in) {
+// Whether every neighbour's offset within a plane (or volume) of `in` fits in
+// 32 bits, given each axis' (size, stride) (pixel positions reach [-2, size + 1]):
+// the kernels then index planes with int32_t, which costs less than int64_t on
+// a CPU and much less on a GPU. Sides under 2^30 and strides under 2^31 keep
+// the sum from overflowing and every float pixel position convertible.
+inline bool offsets_fit_int32(std::initializer_list<std::pair<int64_t, int64_t>> axes) {
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
-  const int64_t kSide = int64_t(1) << 30;
-  if (in.H >= kSide || in.W >= kSide || in.sH > kMax || in.sW > kMax) return false;
-  return (in.H + 2) * in.sH + (in.W + 2) * in.sW <= kMax;
+  int64_t reach = 0;
+  for (const auto& [size, stride] : axes) {
+    if (size >= (int64_t(1) << 30) || stride > kMax) return false;
+    reach += (size + 2) * stride;
+  }
+  return reach <= kMax;
+}
+
+template <typename scalar_t>
+bool offsets_fit_int32(const Image<scalar_t>& in) {
+  return offsets_fit_int32({{in.H, in.sH}, {in.W, in.sW}});
 }
 
 template <typename scalar_t>
@@ -84,6 +93,19 @@ Image3<scalar_t> image3_of(const at::Tensor& t) {
   return {static_cast<scalar_t*>(t.data_ptr()),
           t.size(0), t.size(1), t.size(2), t.size(3), t.size(4),
           t.stride(0), t.stride(1), t.stride(2), t.stride(3), t.stride(4)};
+}
+
+template <typename scalar_t>
+bool offsets_fit_int32(const Image3<scalar_t>& in) {
+  return offsets_fit_int32({{in.D, in.sD}, {in.H, in.sH}, {in.W, in.sW}});
+}
+
+// Call f(index_t{}) with 32-bit offsets within a plane or volume of `in` (an
+// Image or Image3) where they all fit, else 64-bit ones.
+template <typename In, typename F>
+void with_index_type(const In& in, F&& f) {
+  if (offsets_fit_int32(in)) return f(int32_t{});
+  return f(int64_t{});
 }
 
 template <typename scalar_t>

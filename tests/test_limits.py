@@ -1,5 +1,5 @@
-"""Sizes near the limits of 32-bit indexing. The image kernels address a plane with 32-bit
-offsets when every neighbour offset fits (plane_offsets_fit_int32 in csrc/kernels.h),
+"""Sizes near the limits of 32-bit indexing. The kernels address a plane (or volume) with
+32-bit offsets when every neighbour offset fits (offsets_fit_int32 in csrc/kernels.h),
 else with 64-bit ones, and everything beyond a plane (batch, channel, grid and output
 positions) in 64 bits; the CUDA kernels index output points in 32 bits too where there are
 at most 2**30 - 256. Tensors here span more than 2**31 elements, cheaply on the CPU: torch.empty
@@ -155,3 +155,22 @@ def test_output_points_near_2_30_on_cuda(rows):
     ref = F.grid_sample(input.double(), src.T.reshape(1, 1, -1, 2), align_corners=False)
     torch.testing.assert_close(out[0, 0, h, w].double(), ref.flatten(), atol=5e-3, rtol=5e-3)
     del out
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_volume_offsets_past_2_31(padding_mode, big_device):
+    """A volume whose depth stride takes its offsets past 2**31 (64-bit offsets) and the same
+    values compact (32-bit offsets): grid_sample forward and backward against torch."""
+    shape = (1, 2, 3, 4, 5)
+    far = view_of(shape, (40, 20, 2**30 + 3, 5, 1), 7, torch.randn(shape, device=big_device))
+    grid = torch.rand(1, 2, 3, 4, 3, device=big_device) * 2.4 - 1.2
+    go = torch.randn(1, 2, 2, 3, 4, device=big_device)
+    sampling = (0, ["zeros", "border", "reflection"].index(padding_mode), False)
+    x, g = far.contiguous().requires_grad_(), grid.clone().requires_grad_()
+    ref = F.grid_sample(x, g, padding_mode=padding_mode, align_corners=False)
+    ref_grads = grads(ref, (x, g), go)
+    for input in (far, far.contiguous()):
+        torch.testing.assert_close(torch.ops.stn_cuda.grid_sample(input, grid, *sampling), ref)
+        ours = torch.ops.stn_cuda.grid_sample_backward(go, input, grid, *sampling, [True, True])
+        for a, b in zip(ours, ref_grads):
+            torch.testing.assert_close(a, b)

@@ -60,14 +60,6 @@ void with_modes(Sampling sampling, F&& f) {
   }
 }
 
-// Call f(index_t{}) with 32-bit offsets when every neighbour offset of a plane
-// fits in them (pixel positions reach [-2, size + 1]), else 64-bit ones.
-template <typename scalar_t, typename F>
-void with_index_type(const Image<scalar_t>& in, F&& f) {
-  if (plane_offsets_fit_int32(in)) return f(int32_t{});
-  return f(int64_t{});
-}
-
 // Where a run starts and how long it is: batch element n, output row h and
 // column w, `size` points from there in row-major order.
 struct RunStart {

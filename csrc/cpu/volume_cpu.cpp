@@ -1,6 +1,7 @@
 // CPU kernels for volumes (5-D input): at::parallel_for over output rows
 // (forward) or batch elements (backward), with a plain loop over each row's
-// points around the volume math of sampler_math.h. Deterministic: the backward
+// points around the volume math of sampler_math.h, in 32-bit offsets within a
+// volume where they fit (with_index_type). Deterministic: the backward
 // pass gives each batch element to one thread, so grad_input is summed in a
 // fixed order (ATen's: points in (d, h, w) order, channels innermost).
 #include <ATen/Dispatch.h>
@@ -55,19 +56,21 @@ void volume_forward(const at::Tensor& input, const Source& src, const at::Tensor
   using acc_t = at::opmath_type<scalar_t>;
   const auto in = image3_of<const scalar_t>(input);
   const auto out = image3_of<scalar_t>(output);
-  const auto vol = in.template volume_shape<int64_t>();
-  at::parallel_for(0, out.N * out.D * out.H, grain_for(out.W * in.C),
-                   [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t h = row % out.H, d = row / out.H % out.D, n = row / out.H / out.D;
-      for (int64_t w = 0; w < out.W; ++w) {
-        const auto loc = locate(src.template point<acc_t>(n, d, h, w), vol, sampling);
-        for (int64_t c = 0; c < in.C; ++c) {
-          out.volume(n, c)[out.offset(d, h, w)] =
-              static_cast<scalar_t>(interpolate(in.volume(n, c), loc.corners, vol));
+  with_index_type(in, [&](auto index) {
+    const auto vol = in.template volume_shape<decltype(index)>();
+    at::parallel_for(0, out.N * out.D * out.H, grain_for(out.W * in.C),
+                     [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t h = row % out.H, d = row / out.H % out.D, n = row / out.H / out.D;
+        for (int64_t w = 0; w < out.W; ++w) {
+          const auto loc = locate(src.template point<acc_t>(n, d, h, w), vol, sampling);
+          for (int64_t c = 0; c < in.C; ++c) {
+            out.volume(n, c)[out.offset(d, h, w)] =
+                static_cast<scalar_t>(interpolate(in.volume(n, c), loc.corners, vol));
+          }
         }
       }
-    }
+    });
   });
 }
 
@@ -84,30 +87,33 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   const bool grid_grad_nonzero =
       need_grid_grad && sampling.interpolation == Interpolation::Bilinear;
   // grad_input is laid out like the input (see ops.cpp), so the input's offsets address it.
-  const auto vol = in.template volume_shape<int64_t>();
-  at::parallel_for(0, go.N, 1, [&](int64_t n0, int64_t n1) {
-    Sink s = sink;
-    for (int64_t n = n0; n < n1; ++n) {
-      int64_t p = 0;
-      for (int64_t d = 0; d < go.D; ++d) {
-        for (int64_t h = 0; h < go.H; ++h) {
-          for (int64_t w = 0; w < go.W; ++w, ++p) {
-            const auto loc = locate(src.template point<acc_t>(n, d, h, w), vol, sampling);
-            const auto& t = loc.t;
-            Point3<acc_t> g{acc_t(0), acc_t(0), acc_t(0)};
-            for (int64_t c = 0; c < in.C; ++c) {
-              acc_t* gi_volume = need_input_grad ? gi.volume(n, c) : nullptr;
-              auto add = [gi_volume](int64_t offset, acc_t v) { gi_volume[offset] += v; };
-              const acc_t grad_out = static_cast<acc_t>(go.volume(n, c)[go.offset(d, h, w)]);
-              interpolate_backward(in.volume(n, c), grad_out, loc.corners, t, vol,
-                                   need_input_grad, grid_grad_nonzero, add, g);
+  with_index_type(in, [&](auto index) {
+    using index_t = decltype(index);
+    const auto vol = in.template volume_shape<index_t>();
+    at::parallel_for(0, go.N, 1, [&](int64_t n0, int64_t n1) {
+      Sink s = sink;
+      for (int64_t n = n0; n < n1; ++n) {
+        int64_t p = 0;
+        for (int64_t d = 0; d < go.D; ++d) {
+          for (int64_t h = 0; h < go.H; ++h) {
+            for (int64_t w = 0; w < go.W; ++w, ++p) {
+              const auto loc = locate(src.template point<acc_t>(n, d, h, w), vol, sampling);
+              const auto& t = loc.t;
+              Point3<acc_t> g{acc_t(0), acc_t(0), acc_t(0)};
+              for (int64_t c = 0; c < in.C; ++c) {
+                acc_t* gi_volume = need_input_grad ? gi.volume(n, c) : nullptr;
+                auto add = [gi_volume](index_t offset, acc_t v) { gi_volume[offset] += v; };
+                const acc_t grad_out = static_cast<acc_t>(go.volume(n, c)[go.offset(d, h, w)]);
+                interpolate_backward(in.volume(n, c), grad_out, loc.corners, t, vol,
+                                     need_input_grad, grid_grad_nonzero, add, g);
+              }
+              if (need_grid_grad) s.add(n, p, d, h, w, {g.x * t.x.d, g.y * t.y.d, g.z * t.z.d});
             }
-            if (need_grid_grad) s.add(n, p, d, h, w, {g.x * t.x.d, g.y * t.y.d, g.z * t.z.d});
           }
         }
+        if (need_grid_grad) s.finish(n);
       }
-      if (need_grid_grad) s.finish(n);
-    }
+    });
   });
 }
 

@@ -47,9 +47,10 @@ constexpr int64_t kMaxPoints32 = (int64_t(1) << 30) - kMaxThreads;
 // Call f(index_t{}) with 32-bit point indices and plane offsets where they fit,
 // else 64-bit ones (64-bit division and multiplication take many instructions
 // on a GPU).
-template <typename scalar_t, typename F>
-void with_point_index_type(const Image<scalar_t>& in, int64_t points, F&& f) {
-  if (points <= kMaxPoints32 && plane_offsets_fit_int32(in)) return f(int32_t{});
+// `in`: an Image or Image3.
+template <typename In, typename F>
+void with_point_index_type(const In& in, int64_t points, F&& f) {
+  if (points <= kMaxPoints32 && offsets_fit_int32(in)) return f(int32_t{});
   return f(int64_t{});
 }
 

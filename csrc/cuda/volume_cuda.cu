@@ -1,8 +1,8 @@
 // CUDA kernels for volumes (5-D input): one thread per (output point, group of
-// channels), as sampler_cuda.cu for images, around the volume math of
-// sampler_math.h. grad_input is scattered with atomic adds into an
-// accumulation-type buffer; grad_theta is reduced per block, then added once
-// per block and batch element.
+// channels), with 32-bit indices where they fit, as sampler_cuda.cu for images,
+// around the volume math of sampler_math.h. grad_input is scattered with atomic
+// adds into an accumulation-type buffer; grad_theta is reduced per block, then
+// added once per block and batch element.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -43,26 +43,31 @@ struct ThetaGradSink3 {
 };
 
 // Output point p of a (D, H, W) grid, as (d, h, w).
+template <typename index_t>
 struct Index3 {
-  int64_t d, h, w;
+  index_t d, h, w;
 };
-__device__ Index3 unflatten(int64_t p, int64_t H, int64_t W) {
-  const int64_t dh = p / W, w = p - dh * W;
-  const int64_t d = dh / H;
+template <typename index_t>
+__device__ Index3<index_t> unflatten(index_t p, index_t H, index_t W) {
+  const index_t dh = p / W, w = p - dh * W;
+  const index_t d = dh / H;
   return {d, dh - d * H, w};
 }
 
-template <typename scalar_t, typename Source>
+// index_t: of output points and volume offsets (with_point_index_type).
+template <typename index_t, typename scalar_t, typename Source>
 __global__ void __launch_bounds__(kMaxThreads)
 volume_forward_kernel(Image3<const scalar_t> in, Image3<scalar_t> out, Source src,
                       int64_t channels_per_thread, Sampling sampling) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
-  const auto vol = in.template volume_shape<int64_t>();
+  const auto vol = in.template volume_shape<index_t>();
+  const index_t H_out = static_cast<index_t>(out.H), W_out = static_cast<index_t>(out.W);
+  const index_t points = static_cast<index_t>(out.D * out.H * out.W);
   STN_FOR_EACH_N(out.N) {
-    STN_FOR_EACH_POINT(out.D * out.H * out.W) {
-      const Index3 i = unflatten(p, out.H, out.W);
+    STN_FOR_EACH_POINT(points) {
+      const auto i = unflatten(p, H_out, W_out);
       const auto loc = locate(src.template point<acc_t>(n, i.d, i.h, i.w), vol, sampling);
       for (int64_t c = c0; c < c1; ++c) {
         out.volume(n, c)[out.offset(i.d, i.h, i.w)] =
@@ -72,7 +77,7 @@ volume_forward_kernel(Image3<const scalar_t> in, Image3<scalar_t> out, Source sr
   }
 }
 
-template <typename scalar_t, typename Source, typename Sink>
+template <typename index_t, typename scalar_t, typename Source, typename Sink>
 __global__ void __launch_bounds__(kMaxThreads)
 volume_backward_kernel(Image3<const scalar_t> grad_out, Image3<const scalar_t> in,
                        Image3<at::opmath_type<scalar_t>> grad_in, Source src, Sink sink,
@@ -85,16 +90,18 @@ volume_backward_kernel(Image3<const scalar_t> grad_out, Image3<const scalar_t> i
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
   // grad_in is laid out like in (see ops.cpp), so in's offsets address it.
-  const auto vol = in.template volume_shape<int64_t>();
+  const auto vol = in.template volume_shape<index_t>();
+  const index_t H_out = static_cast<index_t>(grad_out.H), W_out = static_cast<index_t>(grad_out.W);
+  const index_t points = static_cast<index_t>(grad_out.D * grad_out.H * grad_out.W);
   STN_FOR_EACH_N(grad_out.N) {
-    STN_FOR_EACH_POINT(grad_out.D * grad_out.H * grad_out.W) {
-      const Index3 i = unflatten(p, grad_out.H, grad_out.W);
+    STN_FOR_EACH_POINT(points) {
+      const auto i = unflatten(p, H_out, W_out);
       const auto loc = locate(src.template point<acc_t>(n, i.d, i.h, i.w), vol, sampling);
       const auto& t = loc.t;
       Point3<acc_t> g{acc_t(0), acc_t(0), acc_t(0)};
       for (int64_t c = c0; c < c1; ++c) {
         acc_t* grad_in_volume = need_input_grad ? grad_in.volume(n, c) : nullptr;
-        auto add = [&](int64_t offset, acc_t v) { atomicAdd(grad_in_volume + offset, v); };
+        auto add = [&](index_t offset, acc_t v) { atomicAdd(grad_in_volume + offset, v); };
         const acc_t go =
             static_cast<acc_t>(grad_out.volume(n, c)[grad_out.offset(i.d, i.h, i.w)]);
         interpolate_backward(in.volume(n, c), go, loc.corners, t, vol, need_input_grad,
@@ -115,7 +122,7 @@ affine_grid3_kernel(ThetaGrid3<at::opmath_type<scalar_t>> src, scalar_t* grid, i
   const int64_t points = src.D_out * src.H_out * src.W_out;
   STN_FOR_EACH_N(N) {
     STN_FOR_EACH_POINT(points) {
-      const Index3 i = unflatten(p, src.H_out, src.W_out);
+      const auto i = unflatten(p, src.H_out, src.W_out);
       const auto pt = src.template point<acc_t>(n, i.d, i.h, i.w);
       scalar_t* out = grid + (n * points + p) * 3;
       out[0] = static_cast<scalar_t>(pt.x);
@@ -133,7 +140,7 @@ affine_grid3_backward_kernel(TensorGrid3<scalar_t> grad_grid,
   const auto& src = sink.src;
   STN_FOR_EACH_N(N) {
     STN_FOR_EACH_POINT(src.D_out * src.H_out * src.W_out) {
-      const Index3 i = unflatten(p, src.H_out, src.W_out);
+      const auto i = unflatten(p, src.H_out, src.W_out);
       sink.add(n, p, i.d, i.h, i.w, grad_grid.template point<acc_t>(n, i.d, i.h, i.w));
     }
     sink.finish(n);
@@ -146,10 +153,13 @@ template <typename scalar_t, typename Source>
 void volume_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
                     Sampling sampling) {
   const auto plan = plan_launch(output.size(0), output.size(1), points_of(output));
-  volume_forward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-      image3_of<const scalar_t>(input), image3_of<scalar_t>(output), src,
-      plan.channels_per_thread, sampling);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto in = image3_of<const scalar_t>(input);
+  with_point_index_type(in, points_of(output), [&](auto index) {
+    volume_forward_kernel<decltype(index), scalar_t>
+        <<<plan.grid, plan.block, 0, current_stream()>>>(in, image3_of<scalar_t>(output), src,
+                                                         plan.channels_per_thread, sampling);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 // As sample_backward in sampler_cuda.cu: make_sink(split_channels).
@@ -160,11 +170,15 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   using acc_t = at::opmath_type<scalar_t>;
   const auto plan = plan_launch(grad_output.size(0), grad_output.size(1), points_of(grad_output));
   const auto sink = make_sink(plan.grid.y > 1);
-  volume_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-      image3_of<const scalar_t>(grad_output), image3_of<const scalar_t>(input),
-      grad_input.defined() ? image3_of<acc_t>(grad_input) : Image3<acc_t>{}, src, sink,
-      need_grid_grad, plan.channels_per_thread, sampling);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto in = image3_of<const scalar_t>(input);
+  with_point_index_type(in, points_of(grad_output), [&](auto index) {
+    volume_backward_kernel<decltype(index), scalar_t>
+        <<<plan.grid, plan.block, 0, current_stream()>>>(
+            image3_of<const scalar_t>(grad_output), in,
+            grad_input.defined() ? image3_of<acc_t>(grad_input) : Image3<acc_t>{}, src, sink,
+            need_grid_grad, plan.channels_per_thread, sampling);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
 }
 
 void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
