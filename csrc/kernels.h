@@ -56,16 +56,17 @@ Image<scalar_t> image_of(const at::Tensor& t) {
 }
 
 // Whether every neighbour's offset within a plane (or volume) of `in` fits in
-// 32 bits, given each axis' (size, stride) (pixel positions reach [-2, size + 1]):
-// the kernels then index planes with int32_t, which costs less than int64_t on
-// a CPU and much less on a GPU. Sides under 2^30 and strides under 2^31 keep
+// 32 bits, given each axis' (size, stride): the kernels then index planes with
+// int32_t, which costs less than int64_t on a CPU and much less on a GPU. Pixel
+// positions reach [-2, size + 1], and a little more where size + 1 rounds up in
+// float (by under size * 2^-23). Sides under 2^30 and strides under 2^31 keep
 // the sum from overflowing and every float pixel position convertible.
 inline bool offsets_fit_int32(std::initializer_list<std::pair<int64_t, int64_t>> axes) {
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
   int64_t reach = 0;
   for (const auto& [size, stride] : axes) {
     if (size >= (int64_t(1) << 30) || stride > kMax) return false;
-    reach += (size + 2) * stride;
+    reach += (size + 2 + (size >> 23)) * stride;
   }
   return reach <= kMax;
 }

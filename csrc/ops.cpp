@@ -259,11 +259,13 @@ Tensor affine_grid_backward(const Tensor& grad_grid, bool align_corners) {
                "(N, H_out, W_out, 2) or 5-D (N, D_out, H_out, W_out, 3)");
   TORCH_CHECK_VALUE(grad_grid.size(dims + 1) == dims, op, ": expected grad_grid of shape ",
                     dims == 3 ? "(N, D, H, W, 3)" : "(N, H, W, 2)", ", got ", grad_grid.sizes());
-  Tensor grad_theta = at::zeros({grad_grid.size(0), dims, dims + 1},
-                                grad_grid.options().dtype(acc_type(grad_grid)));
-  if (grad_grid.numel() > 0) {
+  Tensor grad_theta = empty_output({grad_grid.size(0), dims, dims + 1},
+                                  grad_grid.options().dtype(acc_type(grad_grid)));
+  if (grad_grid.numel() > 0) {  // the kernels write every sum
     c10::DeviceGuard guard(grad_grid.device());
     kernels_for(grad_grid, dims).affine_grid_backward(grad_grid, grad_theta, align_corners);
+  } else {
+    grad_theta.zero_();  // no points: nothing depends on theta
   }
   return to_dtype(grad_theta, grad_grid.scalar_type());
 }

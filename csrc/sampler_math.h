@@ -479,7 +479,9 @@ STN_HD acc_t interpolate(const scalar_t* data, const Corners<acc_t, index_t>& c,
     return static_cast<acc_t>(data[c.base + plane.neighbour_offset(k)]) * c.weight[k];
   };
   if (c.inside == 0xf) return term(0) + term(1) + term(2) + term(3);  // the common case
-  acc_t v = acc_t(0);
+  if (c.inside == 0) return acc_t(0);
+  // -0.0 + x is x, -0.0 included: a nearest point's value keeps its sign, as in torch.
+  acc_t v = -acc_t(0);
 STN_UNROLL
   for (int k = 0; k < 4; ++k) {
     if (c.inside >> k & 1) v += term(k);
@@ -703,7 +705,8 @@ STN_HD Located3<T, index_t> locate(Point3<T> g, const Volume<index_t>& vol, Samp
 template <typename acc_t, typename scalar_t, typename index_t>
 STN_HD acc_t interpolate(const scalar_t* data, const Corners3<acc_t, index_t>& c,
                          const Volume<index_t>& vol) {
-  acc_t v = acc_t(0);
+  if (c.inside == 0) return acc_t(0);
+  acc_t v = -acc_t(0);  // as for a plane: the first term exactly, sign of zero included
 STN_UNROLL
   for (int k = 0; k < 8; ++k) {
     if (c.inside >> k & 1) {

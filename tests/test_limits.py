@@ -174,3 +174,38 @@ def test_volume_offsets_past_2_31(padding_mode, big_device):
         ours = torch.ops.stn_cuda.grid_sample_backward(go, input, grid, *sampling, [True, True])
         for a, b in zip(ours, ref_grads):
             torch.testing.assert_close(a, b)
+
+
+def test_dense_volume_past_2_31(big_device):
+    """A dense float32 volume of 2**31 elements, whose offsets need 64 bits also in the
+    backward (which addresses grad_input, and so reads the input, dense): values and grad_grid
+    at points near its far corner and elsewhere, against torch on the 2x2x2 window around
+    each point (in float64, at the position stn_cuda computes in float32)."""
+    d, h, w = 128, 4096, 4096
+    input = big_buffer(big_device)[:d * h * w].view(1, 1, d, h, w)
+    size = torch.tensor([w, h, d], dtype=torch.float64)
+    voxels = torch.tensor([[w - 1.25, h - 1.5, d - 1.75], [w - 1, h - 1, d - 1], [2.5, 3.25, 0.5],
+                           [w / 2 - 0.6, h / 2 + 0.3, d - 1.1], [w + 0.7, h + 0.4, d + 0.2]],
+                          dtype=torch.float64)
+    grid = (2 * voxels / (size - 1) - 1).float()[None, None, None]  # align_corners=True
+    position = ((grid[0, 0, 0] + 1) / 2) * (size.float() - 1)
+    corner = position.floor().long()
+    neighbours = [(i, z0 + dz, y0 + dy, x0 + dx) for i, (x0, y0, z0) in enumerate(corner.tolist())
+                  for dz in range(2) for dy in range(2) for dx in range(2)
+                  if z0 + dz < d and y0 + dy < h and x0 + dx < w]
+    for _, z, y, x in neighbours:  # the values the points read (the rest is never read)
+        input[0, 0, z, y, x] = torch.randn(()).item()
+    windows = torch.zeros(len(voxels), 1, 2, 2, 2, dtype=torch.float64)
+    for i, z, y, x in neighbours:
+        windows[i, 0, z - corner[i, 2], y - corner[i, 1], x - corner[i, 0]] = input[0, 0, z, y, x].item()
+    local = (2 * (position.double() - corner) - 1)[:, None, None, None].requires_grad_()
+
+    grid_on = grid.to(big_device).requires_grad_()
+    out = stn_cuda.grid_sample(input, grid_on, align_corners=True)
+    ref = F.grid_sample(windows, local, align_corners=True)
+    torch.testing.assert_close(out.flatten().double().cpu(), ref.flatten(), atol=1e-5, rtol=1e-5)
+    go = torch.randn(len(voxels), dtype=torch.float64)
+    gg, = grads(out, (grid_on,), go.float().view(out.shape).to(big_device))
+    rg, = grads(ref, (local,), go.view(ref.shape))
+    torch.testing.assert_close(gg.reshape(-1, 3).double().cpu(), rg.reshape(-1, 3) * (size - 1),
+                               atol=1e-5 * w, rtol=1e-4)
