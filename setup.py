@@ -58,7 +58,10 @@ def extension():
     # at::parallel_for is parallel only in code compiled with OpenMP (ATen/ParallelOpenMP.h
     # tests _OPENMP): without -fopenmp the CPU kernels would run on one thread.
     openmp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
-    cxx = opt + ["-fno-trapping-math"] + openmp
+    # No fused multiply-adds (GCC fuses by default, even in ISO C++ modes, where the
+    # target has FMA, as the CPU kernels' AVX-512 clones do): the rounding follows
+    # ATen's and is the same on every CPU.
+    cxx = opt + ["-fno-trapping-math", "-ffp-contract=off"] + openmp
     if SANITIZE:
         return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx + SANITIZE_FLAGS},
                                           extra_link_args=SANITIZE_FLAGS + openmp)
