@@ -20,7 +20,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
