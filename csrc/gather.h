@@ -1,7 +1,8 @@
-// The deterministic (atomic-free) backward of the 4-D samplers: grad_input
-// gathered pixel by pixel over the points sorted by cell (gather_math.h), and
-// the grid's or theta's gradient reduced without atomics. ops.cpp calls it for
-// the backward ops' `deterministic` argument.
+// The deterministic (atomic-free) backward's grad_input, for images and
+// volumes in every mode: gathered pixel by pixel over the entries sorted by
+// cell (gather_math.h). ops.cpp calls it for the backward ops' `deterministic`
+// argument; the grid's or theta's gradient then comes from the usual backward
+// kernels, reduced without atomics.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -13,25 +14,22 @@
 
 namespace stn {
 
-// The points' source is the grid (N, H_out, W_out, 2) for grid_sample or
-// theta (N, 2, 3), contiguous in the accumulation type, for affine_sample.
+// The points' source is the grid (N, [D_out,] H_out, W_out, dims) for
+// grid_sample or theta (N, dims, dims + 1), contiguous in the accumulation
+// type, for affine_sample.
 
-// The per-device steps (cpu/gather_cpu.cpp, cuda/gather_cuda.cu). Buffers come
-// as in Kernels: gradients in the accumulation type, results allocated.
+// The per-device steps (cpu/gather_cpu.cpp, cuda/gather_cuda.cu).
 struct GatherKernels {
-  // Step 1: every point's cell key (keys (P,), int64) and corner weights
-  // (weights (P, 4), accumulation type).
-  void (*cells)(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef out_size,
-                int64_t unused, const at::Tensor& keys, const at::Tensor& weights,
-                Sampling sampling);
-  // Step 3: every pixel of grad_input from the sorted runs.
+  // Step 1: every point's entries, keys (E,) int64 and weights
+  // (E, corners) in the accumulation type. out_size: the output's spatial size.
+  void (*entries)(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef out_size,
+                  const CellGrid& cells, const at::Tensor& keys, const at::Tensor& weights,
+                  Sampling sampling);
+  // Step 3: every pixel of grad_input (N, C, pixels), a view of the result,
+  // from the sorted runs, grad_output (N, C, points).
   void (*gather)(const at::Tensor& grad_output, const at::Tensor& starts, const at::Tensor& order,
-                 const at::Tensor& weights, const at::Tensor& grad_input,
-                 Interpolation interpolation);
-  // grad_grid / grad_theta alone: each point over all its channels in one
-  // thread, theta's sums reduced in a fixed order.
-  void (*source_grad)(const at::Tensor& grad_output, const at::Tensor& input,
-                      const at::Tensor& source, const at::Tensor& grad_source, Sampling sampling);
+                 const at::Tensor& weights, const CellGrid& cells, EntryShape shape,
+                 const at::Tensor& grad_input);
 };
 
 const GatherKernels& cpu_gather_kernels();
@@ -40,14 +38,21 @@ const GatherKernels& cuda_gather_kernels();
 #endif
 
 // f(scalar_t{}, src) with src the points of `source` for sampler_math.h (a
-// TensorGrid or a ThetaGrid), scalar_t the input's dtype.
+// TensorGrid, ThetaGrid or their volume forms), scalar_t the input's dtype.
 template <typename F>
 void with_point_source(const at::Tensor& source, const at::Tensor& input,
                        at::IntArrayRef out_size, bool align_corners, F&& f) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::deterministic_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (source.dim() == 3) {
+    const bool theta = source.dim() == 3;
+    if (input.dim() == 5) {
+      if (theta) {
+        f(scalar_t{}, theta_grid3_of<acc_t>(source, out_size, align_corners));
+      } else {
+        f(scalar_t{}, tensor_grid3_of<scalar_t>(source));
+      }
+    } else if (theta) {
       f(scalar_t{}, theta_grid_of<acc_t>(source, out_size[0], out_size[1], align_corners));
     } else {
       f(scalar_t{}, tensor_grid_of<scalar_t>(source));
@@ -55,25 +60,18 @@ void with_point_source(const at::Tensor& source, const at::Tensor& input,
   });
 }
 
-// Step 2's result as gather_pixel reads it: grad_input's plane size, grad_output's points.
+// Step 2's result as gather_pixel reads it.
 template <typename acc_t>
 CellRuns<acc_t> cell_runs_of(const at::Tensor& starts, const at::Tensor& order,
-                             const at::Tensor& weights, const at::Tensor& grad_input,
-                             const at::Tensor& grad_output, Interpolation interpolation) {
+                             const at::Tensor& weights, const CellGrid& cells, EntryShape shape,
+                             const at::Tensor& grad_output) {
   return {starts.data_ptr<int64_t>(), order.data_ptr<int64_t>(), weights.data_ptr<acc_t>(),
-          {grad_input.size(2), grad_input.size(3)}, grad_output.size(2), grad_output.size(3),
-          interpolation == Interpolation::Nearest ? 1 : 4};
+          cells, shape, grad_output.size(2)};
 }
 
-// The deterministic path's limits, checked by the backward ops: `op` names
-// the op in the message.
-void check_deterministic(const char* op, int64_t dims, int64_t interpolation_mode);
-
-// The contract of Kernels::grid_sample_backward (source: grid, grad_source:
-// grad_grid) and affine_sample_backward (theta, grad_theta): grad_input zeroed
-// or undefined.
-void sample_backward_deterministic(const at::Tensor& grad_output, const at::Tensor& input,
-                                   const at::Tensor& source, const at::Tensor& grad_input,
-                                   const at::Tensor& grad_source, Sampling sampling);
+// grad_input (zeroed, laid out as input) of grid_sample's (source: grid) or
+// affine_sample's (source: theta) backward, gathered.
+void gather_grad_input(const at::Tensor& grad_output, const at::Tensor& input,
+                       const at::Tensor& source, const at::Tensor& grad_input, Sampling sampling);
 
 }  // namespace stn

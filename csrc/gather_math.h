@@ -1,92 +1,179 @@
 // The per-point and per-pixel math of the deterministic (atomic-free) backward
-// of the 4-D samplers, shared by the CPU loops (cpu/gather_cpu.cpp) and the CUDA
-// kernels (cuda/gather_cuda.cu), so that a CPU test exercises the GPU's algorithm.
+// of the samplers, images and volumes, every mode, shared by the CPU loops
+// (cpu/gather_cpu.cpp) and the CUDA kernels (cuda/gather_cuda.cu), so that a
+// CPU test exercises the GPU's algorithm.
 //
-// The usual backward scatters each point's weighted grad_output into its (up to
-// four) neighbours with atomic adds, in whatever order the threads run. Here
+// The usual backward scatters each point's weighted grad_output into its
+// neighbours with atomic adds, in whatever order the threads run. Here
 // grad_input is gathered instead, pixel by pixel, in a fixed order:
-//  1. every point gets the key of its cell: the cell whose north-west corner is
-//     the point's north-west neighbour (nearest: its one pixel), in the range
-//     [-1, H-1] x [-1, W-1] of such corners, or `unused` if the point reads no
-//     in-range pixel (non-finite coordinates included);
-//  2. a stable sort orders the points by key, and each cell's run of points
-//     is found in the sorted keys (deterministic: ties keep the point order);
-//  3. a pixel is corner k of the four cells (y - (k >> 1), x - (k & 1)); it sums
-//     weight k times grad_output over their runs, cells in order k = 0..3,
-//     points in sorted order.
+//  1. every point becomes one entry or, for bicubic, one entry per tap. An
+//     entry has the key of a cell and the weights of the cell's corners:
+//     - bilinear (trilinear): the cell whose first corner is the point's
+//       north-west (top-north-west) neighbour, corners as the sampler numbers
+//       its neighbours, 4 (8) of them;
+//     - nearest: the cell of the point's one pixel, one corner;
+//     - bicubic: the cell of the tap's pixel, one corner (a point's 16 taps
+//       land on pixels that padding may move anywhere, so each is an entry).
+//     An entry that reaches no pixel of the input (a non-finite point
+//     included) gets the key `unused`, after every cell's;
+//  2. a stable sort orders the entries by key, and each cell's run of entries
+//     is found in the sorted keys (deterministic: ties keep the entry order);
+//  3. a pixel is corner k of the cells at its own cell minus corner k's
+//     offset; it sums weight k times grad_output over their runs, corners in
+//     order, entries in sorted order.
 #pragma once
 
 #include "sampler_math.h"
 
 namespace stn {
 
-// Cells of one batch element: (H + 1) x (W + 1), the north-west corner's row
-// y0 in [-1, H - 1] and column x0 in [-1, W - 1].
-struct CellShape {
-  int64_t H, W;  // the input plane's extent
+// The cells of the input: each axis of a batch element's input, of size S, has
+// S + 1 cells, from -1 (whose only corner inside is its upper one) to S - 1.
+// Cells are numbered across batch elements, axes row-major; an image is a
+// volume of depth 1 with no cells before its depth 0 (sD = 0).
+struct CellGrid {
+  int64_t D, H, W;   // the input's extent (D = 1 for an image)
+  int64_t sD, sH;    // strides of the cell axes (sW = 1)
+  int64_t origin;    // the number of cell (0, 0, 0) in batch element 0
+  int64_t per_batch; // cells per batch element
+  int64_t unused;    // the key after every cell's: N * per_batch
 
-  STN_HD int64_t cells() const { return (H + 1) * (W + 1); }
-  STN_HD int64_t cell(int64_t n, int64_t y0, int64_t x0) const {
-    return (n * (H + 1) + (y0 + 1)) * (W + 1) + (x0 + 1);
+  // The cell of pixel (z, y, x) of batch element n.
+  STN_HD int64_t cell(int64_t n, int64_t z, int64_t y, int64_t x) const {
+    return n * per_batch + origin + z * sD + y * sH + x;
+  }
+  // Offset of the cell whose corner k a pixel is, from the pixel's own cell:
+  // corner k lies (k & 1, k >> 1 & 1, k >> 2) from the cell's first corner.
+  STN_HD int64_t corner_offset(int k) const { return (k & 1) + (k >> 1 & 1) * sH + (k >> 2) * sD; }
+  // A batch element's input, addressed in cells, for the sampler's neighbours.
+  STN_HD Plane<int64_t> plane() const { return {H, W, sH, 1}; }
+  STN_HD Volume<int64_t> volume() const { return {D, H, W, sD, sH, 1}; }
+};
+
+// dims: 2 (an image of H x W) or 3 (a volume of D x H x W); N batch elements.
+inline CellGrid cell_grid(int64_t N, int dims, int64_t D, int64_t H, int64_t W) {
+  CellGrid g;
+  g.D = dims == 3 ? D : 1;
+  g.H = H;
+  g.W = W;
+  g.sH = W + 1;
+  g.sD = dims == 3 ? (H + 1) * g.sH : 0;
+  g.origin = g.sD + g.sH + 1;
+  g.per_batch = dims == 3 ? (D + 1) * g.sD : (H + 1) * g.sH;
+  g.unused = N * g.per_batch;
+  return g;
+}
+
+// How a mode turns points into entries: 2^tap_bits entries per point, each
+// with `corners` weights.
+struct EntryShape {
+  int tap_bits;
+  int corners;
+
+  STN_HD int taps() const { return 1 << tap_bits; }
+};
+
+inline EntryShape entry_shape(Interpolation interpolation, int dims) {
+  switch (interpolation) {
+    case Interpolation::Bicubic: return {4, 1};
+    case Interpolation::Nearest: return {0, 1};
+    default: return {0, dims == 3 ? 8 : 4};
+  }
+}
+
+// Where step 1 writes a point's entries: entry e = point * taps + tap has key
+// keys[e] and weights weights[e * corners + k].
+template <typename T>
+struct EntryStore {
+  int64_t* keys;
+  T* weights;
+  EntryShape shape;
+
+  // An entry from a sampler's neighbours (Corners or Corners3 in cell
+  // offsets): a corner outside the input weighs 0.
+  template <typename C>
+  STN_HD void put(int64_t e, int64_t n, const CellGrid& cells, const C& c) const {
+    keys[e] = c.inside == 0 ? cells.unused : cells.cell(n, 0, 0, 0) + c.base;
+    for (int k = 0; k < shape.corners; ++k) {
+      weights[e * shape.corners + k] = (c.inside >> k & 1) ? c.weight[k] : T(0);
+    }
   }
 };
 
-// A point's cell key and the weights of its four corners (0 for a corner
-// outside the image), as the sampler's corners() gives them.
+// Step 1 for point p (numbered across batch elements; n its batch element).
 template <typename T>
-struct CellEntry {
-  int64_t key;
-  T weight[4];
-};
-
-template <typename T>
-STN_HD CellEntry<T> cell_entry(Point2<T> pt, int64_t n, const CellShape& cells, int64_t unused,
-                               Sampling sampling) {
+STN_HD void put_entries(const EntryStore<T>& store, int64_t p, int64_t n, Point2<T> pt,
+                        const CellGrid& cells, Sampling sampling) {
+  const Plane<int64_t> plane = cells.plane();
+  if (sampling.interpolation == Interpolation::Bicubic) {
+    const auto b = bicubic_point<int64_t>(pt.x, pt.y, plane, sampling.padding,
+                                          sampling.align_corners);
+    // Tap 4 i + j: column i, row j, in the order bicubic_backward adds them.
+    for (int i = 0; i < 4; ++i) {
+      for (int j = 0; j < 4; ++j) {
+        const int64_t e = p * 16 + 4 * i + j;
+        const bool inside = b.inside >> (4 * j + i) & 1;
+        store.keys[e] = inside ? cells.cell(n, 0, 0, 0) + b.y_offset[j] + b.x_offset[i]
+                               : cells.unused;
+        store.weights[e] = inside ? b.wx[i] * b.wy[j] : T(0);
+      }
+    }
+    return;
+  }
   const auto b = bilinear_point<int64_t>(pt.x, pt.y, cells.H, cells.W, sampling.padding,
                                          sampling.align_corners);
-  // Offsets in the cell grid of one batch element: corners' base is then the
-  // north-west corner's y0 * (W + 1) + x0.
-  const Plane<int64_t> plane{cells.H, cells.W, cells.W + 1, 1};
-  const auto c = corners(b, plane, sampling.interpolation);
-  CellEntry<T> e;
-  e.key = c.inside == 0 ? unused : cells.cell(n, 0, 0) + c.base;
-STN_UNROLL
-  for (int k = 0; k < 4; ++k) e.weight[k] = (c.inside >> k & 1) ? c.weight[k] : T(0);
-  return e;
+  store.put(p, n, cells, corners(b, plane, sampling.interpolation));
 }
 
-// The sorted points of every cell, as step 2 leaves them: the points of cell i
-// are order[starts[i]] .. order[starts[i + 1] - 1], global point indices
-// p = (n * H_out + h) * W_out + w, whose corner weights are weights[4 p + k].
-// A nearest point's one pixel is corner 0 of its cell: its other corners, with
-// weight 0, are not visited (0 times an infinite grad_output would be NaN).
+template <typename T>
+STN_HD void put_entries(const EntryStore<T>& store, int64_t p, int64_t n, Point3<T> pt,
+                        const CellGrid& cells, Sampling sampling) {
+  store.put(p, n, cells, locate(pt, cells.volume(), sampling).corners);
+}
+
+// Point q of batch element n of a source (TensorGrid or ThetaGrid, or their
+// volume forms), q = (d * H_out + h) * W_out + w.
+template <typename acc_t, typename Source>
+STN_HD auto point_at(const Source& src, int64_t n, int64_t q, int64_t H_out, int64_t W_out) {
+  const int64_t r = q / W_out, w = q - r * W_out;
+  if constexpr (Source::kDims == 3) {
+    const int64_t d = r / H_out;
+    return src.template point<acc_t>(n, d, r - d * H_out, w);
+  } else {
+    return src.template point<acc_t>(n, r, w);
+  }
+}
+
+// The sorted entries of every cell, as step 2 leaves them: the entries of
+// cell i are order[starts[i]] .. order[starts[i + 1] - 1].
 template <typename acc_t>
 struct CellRuns {
   const int64_t* starts;
   const int64_t* order;
   const acc_t* weights;
-  CellShape cells;
-  int64_t H_out, W_out;
-  int corners;  // per cell: 4 (bilinear) or 1 (nearest)
+  CellGrid cells;
+  EntryShape shape;
+  int64_t points;  // output points per batch element
 };
 
-// grad_input at pixel (y, x) of plane (n, c): the sum over the points whose
+// grad_input at pixel (z, y, x) of plane (n, c): the sum over the entries whose
 // corners include it of weight * grad_output, in a fixed order. go: the
-// grad_output plane (n, c), with strides go_sH, go_sW.
+// grad_output plane (n, c), point q at go[q * go_stride]. A nearest entry has
+// one corner, so that 0 times an infinite grad_output (NaN) never enters.
 template <typename acc_t, typename scalar_t>
-STN_HD acc_t gather_pixel(const CellRuns<acc_t>& runs, int64_t n, int64_t y, int64_t x,
-                          const scalar_t* go, int64_t go_sH, int64_t go_sW) {
-  const int64_t first_point = n * runs.H_out * runs.W_out;
+STN_HD acc_t gather_pixel(const CellRuns<acc_t>& runs, int64_t n, int64_t z, int64_t y,
+                          int64_t x, const scalar_t* go, int64_t go_stride) {
+  const int64_t own = runs.cells.cell(n, z, y, x);
+  const int64_t first_point = n * runs.points;
+  const int corners = runs.shape.corners;
   acc_t sum = acc_t(0);
-  for (int k = 0; k < runs.corners; ++k) {
-    const int64_t y0 = y - (k >> 1), x0 = x - (k & 1);
-    const int64_t cell = runs.cells.cell(n, y0, x0);
+  for (int k = 0; k < corners; ++k) {
+    const int64_t cell = own - runs.cells.corner_offset(k);
     for (int64_t j = runs.starts[cell]; j < runs.starts[cell + 1]; ++j) {
-      const int64_t p = runs.order[j];
-      const int64_t q = p - first_point;
-      const int64_t h = q / runs.W_out, w = q - h * runs.W_out;
+      const int64_t e = runs.order[j];
+      const int64_t q = (e >> runs.shape.tap_bits) - first_point;
       // weight * grad_output, as the scattering backward multiplies them.
-      sum += static_cast<acc_t>(go[h * go_sH + w * go_sW]) * runs.weights[4 * p + k];
+      sum += static_cast<acc_t>(go[q * go_stride]) * runs.weights[e * corners + k];
     }
   }
   return sum;

@@ -4,6 +4,9 @@
 // one of these, so a kernel file only loops over points and launches. Gradient
 // buffers come in the accumulation type (float for half and bfloat16), and
 // grad_input arrives zeroed; an undefined gradient tensor means "not needed".
+// A backward's `deterministic` asks for the grid's or theta's gradient reduced
+// in a fixed order, without atomics (the CPU's always is); grad_input is then
+// undefined, gathered by gather.h instead.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,13 +25,15 @@ struct Kernels {
                               const at::Tensor& output, Sampling sampling);
   void (*grid_sample_backward)(const at::Tensor& grad_output, const at::Tensor& input,
                                const at::Tensor& grid, const at::Tensor& grad_input,
-                               const at::Tensor& grad_grid, Sampling sampling);
+                               const at::Tensor& grad_grid, Sampling sampling,
+                               bool deterministic);
   // theta: (N, 2, 3), contiguous, in the accumulation type.
   void (*affine_sample_forward)(const at::Tensor& input, const at::Tensor& theta,
                                 const at::Tensor& output, Sampling sampling);
   void (*affine_sample_backward)(const at::Tensor& grad_output, const at::Tensor& input,
                                  const at::Tensor& theta, const at::Tensor& grad_input,
-                                 const at::Tensor& grad_theta, Sampling sampling);
+                                 const at::Tensor& grad_theta, Sampling sampling,
+                                 bool deterministic);
   void (*affine_grid_forward)(const at::Tensor& theta, const at::Tensor& grid,
                               bool align_corners);
   void (*affine_grid_backward)(const at::Tensor& grad_grid, const at::Tensor& grad_theta,

@@ -181,6 +181,19 @@ const Kernels& kernels_for(const Tensor& t, int64_t dims) {
   return dims == 3 ? cpu_volume_kernels() : cpu_kernels();
 }
 
+// A sampler's backward (Kernels::grid_sample_backward or affine_sample_backward,
+// source: grid or theta), or, `deterministic`, grad_input gathered (gather.h)
+// and the source's gradient reduced in a fixed order.
+void run_backward(decltype(Kernels::grid_sample_backward) backward, const Tensor& grad_output,
+                  const Tensor& input, const Tensor& source, const Tensor& grad_input,
+                  const Tensor& grad_source, Sampling sampling, bool deterministic) {
+  if (!deterministic) {
+    return backward(grad_output, input, source, grad_input, grad_source, sampling, false);
+  }
+  if (grad_input.defined()) gather_grad_input(grad_output, input, source, grad_input, sampling);
+  if (grad_source.defined()) backward(grad_output, input, source, Tensor(), grad_source, sampling, true);
+}
+
 // ---------------------------------------------------------------------------
 // grid_sample: the sampler, given the grid of source points.
 
@@ -205,7 +218,6 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
                                                 bool deterministic) {
   const char* op = "stn_cuda.grid_sample_backward";
   check_grid(op, input, grid);
-  if (deterministic) check_deterministic(op, spatial_dims(input), interpolation_mode);
   check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   const int64_t dims = spatial_dims(input);
   check_grad_output(op, grad_output, input, grid.sizes().slice(1, dims));
@@ -216,12 +228,8 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());
     const Sampling sampling = sampling_of(interpolation_mode, padding_mode, align_corners);
-    if (deterministic) {
-      sample_backward_deterministic(grad_output, in, grid, grad_input, grad_grid, sampling);
-    } else {
-      kernels_for(input, dims).grid_sample_backward(grad_output, in, grid, grad_input, grad_grid,
-                                                    sampling);
-    }
+    run_backward(kernels_for(input, dims).grid_sample_backward, grad_output, in, grid, grad_input,
+                 grad_grid, sampling, deterministic);
   } else if (grad_grid.defined()) {
     grad_grid.zero_();  // no channels or no points: nothing depends on the grid
   }
@@ -303,7 +311,6 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
   const char* op = "stn_cuda.affine_sample_backward";
   check_input(op, input);
   const int64_t dims = spatial_dims(input);
-  if (deterministic) check_deterministic(op, dims, interpolation_mode);
   check_theta(op, theta, input.size(0), dims, theta_context(dims));
   check_same(op, "theta", theta, "input", input);
   check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
@@ -317,12 +324,8 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
     c10::DeviceGuard guard(input.device());
     const Tensor theta_acc = theta.to(acc_type(theta)).contiguous();
     const Sampling sampling = sampling_of(interpolation_mode, padding_mode, align_corners);
-    if (deterministic) {
-      sample_backward_deterministic(grad_output, in, theta_acc, grad_input, grad_theta, sampling);
-    } else {
-      kernels_for(input, dims).affine_sample_backward(grad_output, in, theta_acc, grad_input,
-                                                      grad_theta, sampling);
-    }
+    run_backward(kernels_for(input, dims).affine_sample_backward, grad_output, in, theta_acc,
+                 grad_input, grad_theta, sampling, deterministic);
   }
   return {to_dtype(grad_input, input.scalar_type()), to_dtype(grad_theta, theta.scalar_type())};
 }

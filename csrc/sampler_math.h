@@ -524,6 +524,7 @@ STN_UNROLL
 // grid (N, H_out, W_out, 2), any strides.
 template <typename scalar_t>
 struct TensorGrid {
+  static constexpr int kDims = 2;
   const scalar_t* data;
   int64_t sN, sH, sW, sXY;
 
@@ -537,6 +538,7 @@ struct TensorGrid {
 // theta (N, 2, 3), contiguous, in the accumulation type.
 template <typename acc_t>
 struct ThetaGrid {
+  static constexpr int kDims = 2;
   const acc_t* theta;
   int64_t H_out, W_out;
   bool align_corners;
@@ -763,6 +765,7 @@ struct Image3 {
 // grid (N, D_out, H_out, W_out, 3), any strides.
 template <typename scalar_t>
 struct TensorGrid3 {
+  static constexpr int kDims = 3;
   const scalar_t* data;
   int64_t sN, sD, sH, sW, sXYZ;
 
@@ -777,6 +780,7 @@ struct TensorGrid3 {
 // theta (N, 3, 4), contiguous, in the accumulation type.
 template <typename acc_t>
 struct ThetaGrid3 {
+  static constexpr int kDims = 3;
   const acc_t* theta;
   int64_t D_out, H_out, W_out;
   bool align_corners;

@@ -89,7 +89,7 @@ def _save_inputs(ctx, inputs, output):
 
 def _grid_sample_backward(ctx, grad_output):
     input, grid = ctx.saved_tensors
-    deterministic = backward_is_deterministic("grid_sample", input, ctx.options[0])
+    deterministic = backward_is_deterministic(input)
     grad_input, grad_grid = _unless_recording(
         ops.grid_sample_backward, grad_output, input, grid, *ctx.options, list(ctx.needs_input_grad[:2]),
         deterministic)
@@ -99,7 +99,7 @@ def _grid_sample_backward(ctx, grad_output):
 def _affine_sample_backward(ctx, grad_output):
     input, theta = ctx.saved_tensors
     _out_size, *options = ctx.options
-    deterministic = backward_is_deterministic("affine_sample", input, options[0])
+    deterministic = backward_is_deterministic(input)
     grad_input, grad_theta = _unless_recording(
         ops.affine_sample_backward, grad_output, input, theta, *options, list(ctx.needs_input_grad[:2]),
         deterministic)

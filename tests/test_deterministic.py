@@ -1,9 +1,8 @@
 """The deterministic (atomic-free) backward of grid_sample and affine_sample: the same
 gradients as torch and as the usual backward, bitwise the same run after run, selected
 by stn_cuda.set_deterministic / deterministic() or, on CUDA, by
-torch.use_deterministic_algorithms; a clear error where it does not exist yet."""
+torch.use_deterministic_algorithms; images and volumes, every mode."""
 import contextlib
-import warnings
 
 import pytest
 import torch
@@ -14,8 +13,11 @@ import stn_cuda
 from helpers import grads, random_theta, special_grid, torch_affine_sample
 from stn_cuda._ops import ops
 
-MODES = {"bilinear": 0, "nearest": 1}
+MODES = {"bilinear": 0, "nearest": 1, "bicubic": 2}
 PADDINGS = {"zeros": 0, "border": 1, "reflection": 2}
+# (dims, mode): images in every mode; volumes in theirs (torch has no bicubic for them).
+VARIANTS = [pytest.param(2, m, id=f"4d-{m}") for m in MODES] + \
+           [pytest.param(3, m, id=f"5d-{m}") for m in ("bilinear", "nearest")]
 
 
 def backward(go, input, grid, mode, padding_mode, align_corners, deterministic):
@@ -33,49 +35,61 @@ def uniform(shape, device, lo, hi, dtype=torch.float64):
 
 
 def zoom_grid(n, size, device, scale=0.05, dtype=torch.float64):
-    """A grid magnifying a small patch: many points share each cell."""
-    theta = torch.tensor([[scale, 0.0, 0.1], [0.0, scale, -0.2]], dtype=dtype).repeat(n, 1, 1)
-    theta = theta + 0.01 * torch.randn_like(theta)
+    """A grid magnifying a small patch: many points share each cell. size: the output's
+    ([D,] H, W)."""
+    dims = len(size)
+    theta = scale * torch.eye(dims, dims + 1, dtype=dtype)
+    theta[:, dims] = torch.linspace(0.1, -0.2, dims, dtype=dtype)
+    theta = theta.repeat(n, 1, 1) + 0.01 * torch.randn(n, dims, dims + 1, dtype=dtype)
     return F.affine_grid(theta, (n, 1, *size), align_corners=False).to(device)
 
 
-def special_points(device, dtype=torch.float64):
+def special_points(device, dims, dtype=torch.float64):
     """Out-of-range, huge and non-finite coordinates, and exact edges."""
     inf, nan = float("inf"), float("nan")
     pts = [[1e10, 0.0], [-1e30, 1e30], [3.0, -3.0], [1.0, 1.0], [-1.0, -1.0], [inf, 0.0],
            [0.0, -inf], [nan, 0.5], [0.25, nan], [1.0000001, 0.999], [-1.5, 0.5], [0.0, 0.0]]
-    return torch.tensor(pts, dtype=dtype, device=device).view(1, 3, 4, 2)
+    if dims == 3:  # a third coordinate: in range, far, or not finite
+        pts = [p + [z] for p in pts for z in (0.3, -1e20, nan)]
+    return torch.tensor(pts, dtype=dtype, device=device).view(1, *([1] * (dims - 2)), -1, 4, dims)
 
 
-def cases(device):
+def randn(*shape, device):
+    return torch.randn(*shape, dtype=torch.float64, device=device)
+
+
+def cases(device, dims):
     """(name, input, grid, finite): odd and 1-sized shapes, overlap, special points, layouts."""
-    out = [("odd", torch.randn(2, 3, 7, 5, dtype=torch.float64, device=device),
-            uniform((2, 6, 11, 2), device, -1.3, 1.3), True),
-           ("one pixel", torch.randn(3, 2, 1, 1, dtype=torch.float64, device=device),
-            uniform((3, 4, 5, 2), device, -2, 2), True),
-           ("prime", torch.randn(1, 1, 13, 1, dtype=torch.float64, device=device),
-            uniform((1, 7, 3, 2), device, -1.2, 1.2), True),
-           ("zoom-in", torch.randn(2, 3, 17, 13, dtype=torch.float64, device=device),
-            zoom_grid(2, (23, 29), device), True),
-           ("edges", torch.randn(1, 2, 5, 6, dtype=torch.float64, device=device),
-            special_grid((5, 6), device), True),
-           ("special", torch.randn(1, 3, 4, 5, dtype=torch.float64, device=device),
-            special_points(device), False)]
-    # channels_last input, a grid with gaps (every other column of a wider one).
-    x = torch.randn(2, 4, 6, 9, dtype=torch.float64, device=device).to(memory_format=torch.channels_last)
-    g = uniform((2, 5, 14, 2), device, -1.1, 1.1)[:, :, ::2]
-    out.append(("strided", x, g, True))
+    if dims == 2:
+        out = [("odd", randn(2, 3, 7, 5, device=device), uniform((2, 6, 11, 2), device, -1.3, 1.3), True),
+               ("one pixel", randn(3, 2, 1, 1, device=device), uniform((3, 4, 5, 2), device, -2, 2), True),
+               ("prime", randn(1, 1, 13, 1, device=device), uniform((1, 7, 3, 2), device, -1.2, 1.2), True),
+               ("zoom-in", randn(2, 3, 17, 13, device=device), zoom_grid(2, (23, 29), device), True),
+               ("edges", randn(1, 2, 5, 6, device=device), special_grid((5, 6), device), True)]
+        layout, grid = torch.channels_last, uniform((2, 5, 14, 2), device, -1.1, 1.1)[:, :, ::2]
+        input = randn(2, 4, 6, 9, device=device)
+    else:
+        out = [("odd", randn(2, 3, 5, 4, 3, device=device), uniform((2, 3, 4, 5, 3), device, -1.3, 1.3), True),
+               ("one pixel", randn(2, 2, 1, 1, 1, device=device), uniform((2, 2, 3, 2, 3), device, -2, 2), True),
+               ("prime", randn(1, 1, 7, 1, 3, device=device), uniform((1, 3, 5, 2, 3), device, -1.2, 1.2), True),
+               ("zoom-in", randn(2, 3, 5, 7, 6, device=device), zoom_grid(2, (9, 8, 7), device), True),
+               ("edges", randn(1, 2, 3, 4, 2, device=device), special_grid((3, 4, 2), device), True)]
+        layout, grid = torch.channels_last_3d, uniform((2, 3, 4, 10, 3), device, -1.1, 1.1)[:, :, :, ::2]
+        input = randn(2, 4, 3, 6, 5, device=device)
+    out.append(("special", randn(1, 3, *[4, 5, 3][:dims], device=device), special_points(device, dims), False))
+    # A channels_last input, a grid with gaps (every other column of a wider one).
+    out.append(("strided", input.to(memory_format=layout), grid, True))
     return out
 
 
 CASE_NAMES = ["odd", "one pixel", "prime", "zoom-in", "edges", "special", "strided"]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dims, mode", VARIANTS)
 @pytest.mark.parametrize("case", range(len(CASE_NAMES)), ids=CASE_NAMES)
-def test_grid_sample_gradients(device, mode, padding_mode, align_corners, case):
-    _, input, grid, finite = cases(device)[case]
-    go = torch.randn(input.shape[0], input.shape[1], *grid.shape[1:3], dtype=input.dtype, device=device)
+def test_grid_sample_gradients(device, dims, mode, padding_mode, align_corners, case):
+    _, input, grid, finite = cases(device, dims)[case]
+    go = torch.randn(*input.shape[:2], *grid.shape[1:-1], dtype=input.dtype, device=device)
     ours = backward(go, input, grid, mode, padding_mode, align_corners, True)
     usual = backward(go, input, grid, mode, padding_mode, align_corners, False)
     for a, b in zip(ours, usual):
@@ -88,60 +102,64 @@ def test_grid_sample_gradients(device, mode, padding_mode, align_corners, case):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dims, mode", VARIANTS)
 @pytest.mark.parametrize("spread", [0.3, 2.0], ids=["near identity", "far"])
-def test_affine_sample_gradients(device, mode, padding_mode, align_corners, spread):
-    input = torch.randn(3, 2, 9, 7, dtype=torch.float64, device=device)
-    theta = random_theta(3, device=device, spread=spread)
-    out_size = (11, 8)
+def test_affine_sample_gradients(device, dims, mode, padding_mode, align_corners, spread):
+    in_size, out_size = [(9, 7), (5, 6, 4)][dims - 2], [(11, 8), (6, 3, 7)][dims - 2]
+    input = torch.randn(3, 2, *in_size, dtype=torch.float64, device=device)
+    theta = random_theta(3, device=device, spread=spread, dims=dims)
     go = torch.randn(3, 2, *out_size, dtype=torch.float64, device=device)
     ours = affine_backward(go, input, theta, mode, padding_mode, align_corners, True)
     usual = affine_backward(go, input, theta, mode, padding_mode, align_corners, False)
     for a, b in zip(ours, usual):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
-    if mode == "bilinear":
-        x, t = input.clone().requires_grad_(), theta.clone().requires_grad_()
-        ref = grads(torch_affine_sample(x, t, out_size, padding_mode, align_corners), (x, t), go)
-        for a, b in zip(ours, ref):
-            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    x, t = input.clone().requires_grad_(), theta.clone().requires_grad_()
+    ref = grads(torch_affine_sample(x, t, out_size, padding_mode, align_corners, mode), (x, t), go)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
 def test_zoomed_affine_sample_many_points_per_cell(device):
     theta = torch.tensor([[[0.02, 0.01, 0.3], [-0.01, 0.03, 0.1]]], dtype=torch.float64, device=device)
     input = torch.randn(1, 5, 31, 37, dtype=torch.float64, device=device)
     go = torch.randn(1, 5, 64, 64, dtype=torch.float64, device=device)
-    ours = affine_backward(go, input, theta, "bilinear", "zeros", True, True)
     x, t = input.clone().requires_grad_(), theta.clone().requires_grad_()
-    ref = grads(torch_affine_sample(x, t, (64, 64), "zeros", True), (x, t), go)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    for mode in ("bilinear", "bicubic"):
+        ours = affine_backward(go, input, theta, mode, "zeros", True, True)
+        ref = grads(torch_affine_sample(x, t, (64, 64), "zeros", True, mode), (x, t), go)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("dims, mode", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_reduced_precision(device, dtype):
-    input = torch.randn(2, 3, 8, 9, device=device)
-    grid = uniform((2, 7, 6, 2), device, -1.1, 1.1, torch.float32)
-    go = torch.randn(2, 3, 7, 6, device=device)
+def test_reduced_precision(device, dims, mode, dtype):
+    in_size, out_size = [(8, 9), (4, 5, 3)][dims - 2], [(7, 6), (3, 4, 5)][dims - 2]
+    input = torch.randn(2, 3, *in_size, device=device)
+    grid = uniform((2, *out_size, dims), device, -1.1, 1.1, torch.float32)
+    go = torch.randn(2, 3, *out_size, device=device)
     args = [t.to(dtype) for t in (go, input, grid)]
-    ours = backward(*args, "bilinear", "border", False, True)
-    usual = backward(*args, "bilinear", "border", False, False)
+    ours = backward(*args, mode, "border", False, True)
+    usual = backward(*args, mode, "border", False, False)
     for a, b in zip(ours, usual):
         assert a.dtype == dtype
         torch.testing.assert_close(a.float(), b.float(), atol=1e-2, rtol=1e-2)
 
 
-def test_bitwise_repeatable(device):
+@pytest.mark.parametrize("dims, mode", VARIANTS)
+def test_bitwise_repeatable(device, dims, mode):
     """float32, many points per pixel, many channels: the usual CUDA backward's atomics
     would differ in the last bits between runs; this must not."""
-    input = torch.randn(4, 16, 24, 24, device=device)
-    grid = zoom_grid(4, (64, 64), device, scale=0.3, dtype=torch.float32)
-    go = torch.randn(4, 16, 64, 64, device=device)
-    theta = random_theta(4, torch.float32, device, spread=0.5) * 0.3
-    first = backward(go, input, grid, "bilinear", "reflection", False, True)
-    first_affine = affine_backward(go, input, theta, "bilinear", "zeros", True, True)
+    in_size, out_size = [(24, 24), (8, 9, 10)][dims - 2], [(64, 64), (16, 16, 16)][dims - 2]
+    input = torch.randn(4, 16, *in_size, device=device)
+    grid = zoom_grid(4, out_size, device, scale=0.3, dtype=torch.float32)
+    go = torch.randn(4, 16, *out_size, device=device)
+    theta = random_theta(4, torch.float32, device, spread=0.5, dims=dims) * 0.3
+    first = backward(go, input, grid, mode, "reflection", False, True)
+    first_affine = affine_backward(go, input, theta, mode, "zeros", True, True)
     for _ in range(5):
-        again = backward(go, input, grid, "bilinear", "reflection", False, True)
-        again_affine = affine_backward(go, input, theta, "bilinear", "zeros", True, True)
+        again = backward(go, input, grid, mode, "reflection", False, True)
+        again_affine = affine_backward(go, input, theta, mode, "zeros", True, True)
         for a, b in zip(first + first_affine, again + again_affine):
             assert torch.equal(a, b)
 
@@ -190,10 +208,10 @@ def flags_of_backward(device, dims=2, mode="bilinear"):
 
 
 @contextlib.contextmanager
-def torch_deterministic(warn_only=False):
+def torch_deterministic():
     previous = (torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    torch.use_deterministic_algorithms(True)
     try:
         yield
     finally:
@@ -217,61 +235,30 @@ def test_explicit_flag_selects_it(device):
     assert flags_of_backward(device) == [False, False]
 
 
-def test_torch_deterministic_mode_selects_it_on_cuda(device):
-    """Where torch's CUDA grid_sample backward would raise, stn_cuda's is deterministic;
-    the CPU's usual backward is deterministic already, so it stays."""
+@pytest.mark.parametrize("dims, mode", VARIANTS)
+def test_every_input_and_mode_selects_it(device, dims, mode):
+    """torch's deterministic mode selects it on CUDA only, where torch's grid_sample backward
+    would raise; the CPU's usual backward is deterministic already."""
+    with stn_cuda.deterministic():
+        assert flags_of_backward(device, dims, mode) == [True, True]
     with torch_deterministic():
-        assert flags_of_backward(device) == [device == "cuda"] * 2
-    assert flags_of_backward(device) == [False, False]
-
-
-def test_volume_raises_under_the_flag(device):
-    with stn_cuda.deterministic(), pytest.raises(NotImplementedError, match="deterministic.*5-D"):
-        flags_of_backward(device, dims=3)
-    assert flags_of_backward(device, dims=3) == [False, False]  # the usual path is unchanged
-
-
-def test_volume_under_torch_deterministic_mode(device):
-    if device == "cpu":  # the CPU's volume backward is deterministic: nothing to refuse
-        with torch_deterministic():
-            assert flags_of_backward(device, dims=3) == [False, False]
-        return
-    with torch_deterministic(), pytest.raises(NotImplementedError, match="use_deterministic_algorithms.*5-D"):
-        flags_of_backward(device, dims=3)
-    with torch_deterministic(warn_only=True), pytest.warns(UserWarning, match="5-D"):
-        assert flags_of_backward(device, dims=3) == [False, False]
-
-
-@pytest.mark.parametrize("op", ["grid_sample", "affine_sample"])
-def test_raw_ops_refuse_volumes_and_bicubic(device, op):
-    x, go = torch.randn(1, 2, 3, 3, 3, device=device), torch.randn(1, 2, 2, 2, 2, device=device)
-    second = torch.randn(1, 2, 2, 2, 3, device=device) if op == "grid_sample" else torch.randn(1, 3, 4, device=device)
-    backward_op = getattr(ops, f"{op}_backward")
-    with pytest.raises(NotImplementedError, match="deterministic.*5-D"):
-        backward_op(go, x, second, 0, 0, False, [True, True], True)
-    x, go = torch.randn(1, 2, 3, 3, device=device), torch.randn(1, 2, 2, 2, device=device)
-    second = torch.randn(1, 2, 2, 2, device=device) if op == "grid_sample" else torch.randn(1, 2, 3, device=device)
-    with pytest.raises(NotImplementedError, match="deterministic.*bicubic"):
-        backward_op(go, x, second, 2, 0, False, [True, True], True)
-
-
-def test_bicubic_raises_under_the_flag(device):
-    from stn_cuda.determinism import backward_is_deterministic
-    x = torch.randn(1, 1, 3, 3, device=device)
-    assert not backward_is_deterministic("grid_sample", x, 2)  # not asked for: no error
-    with stn_cuda.deterministic(), pytest.raises(NotImplementedError, match="bicubic"):
-        backward_is_deterministic("grid_sample", x, 2)
+        assert flags_of_backward(device, dims, mode) == [device == "cuda"] * 2
+    assert flags_of_backward(device, dims, mode) == [False, False]
 
 
 # -- with the rest of the library ------------------------------------------------------------
 
-def test_opcheck(device):
-    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=device)
-    g = uniform((2, 4, 3, 2), device, -1.2, 1.2)
-    theta = random_theta(2, device=device)
-    go = torch.randn(2, 3, 4, 3, dtype=torch.float64, device=device)
-    torch.library.opcheck(ops.grid_sample_backward.default, (go, x, g, 0, 2, True, [True, True], True))
-    torch.library.opcheck(ops.affine_sample_backward.default, (go, x, theta, 1, 0, False, [True, False], True))
+@pytest.mark.parametrize("dims, mode", VARIANTS)
+def test_opcheck(device, dims, mode):
+    in_size, out_size = [(5, 6), (3, 4, 2)][dims - 2], [(4, 3), (2, 3, 3)][dims - 2]
+    x = torch.randn(2, 3, *in_size, dtype=torch.float64, device=device)
+    g = uniform((2, *out_size, dims), device, -1.2, 1.2)
+    theta = random_theta(2, device=device, dims=dims)
+    go = torch.randn(2, 3, *out_size, dtype=torch.float64, device=device)
+    torch.library.opcheck(ops.grid_sample_backward.default,
+                          (go, x, g, MODES[mode], 2, True, [True, True], True))
+    torch.library.opcheck(ops.affine_sample_backward.default,
+                          (go, x, theta, MODES[mode], 0, False, [True, False], True))
 
 
 def test_double_backward_under_the_flag(device):

@@ -55,10 +55,9 @@ F64 = torch.float64
 
 
 # The modes per number of spatial dimensions: torch has no bicubic for volumes (stn_cuda
-# raises ValueError for it, test_volume.py). The deterministic backward covers 4-D
-# bilinear and nearest (stn_cuda/determinism.py); the tests of those run with it too.
+# raises ValueError for it, test_volume.py). Each runs with the usual and the deterministic
+# backward (stn_cuda/determinism.py).
 MODES = {2: ("bilinear", "nearest", "bicubic"), 3: ("bilinear", "nearest")}
-DETERMINISTIC_MODES = {2: ("bilinear", "nearest"), 3: ()}
 AXES = "DHW"  # the spatial dimensions' names, outermost first: a 4-D input has the last two
 
 
@@ -261,11 +260,10 @@ def check_sampler(ours, reference, args, mode, skip, deterministic):
 
 
 def variants():
-    """(dims, mode, deterministic): 4-D images and 5-D volumes, each mode, and the
-    deterministic backward where it exists."""
+    """(dims, mode, deterministic): 4-D images and 5-D volumes, each mode, with the usual
+    and the deterministic backward."""
     return [pytest.param(dims, mode, det, id=f"{dims + 2}d-{mode}" + ("-deterministic" if det else ""))
-            for dims in (2, 3) for mode in MODES[dims]
-            for det in (False, True) if not det or mode in DETERMINISTIC_MODES[dims]]
+            for dims in (2, 3) for mode in MODES[dims] for det in (False, True)]
 
 
 def sampler_property(test):

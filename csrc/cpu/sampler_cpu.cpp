@@ -457,7 +457,8 @@ void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
 
 void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                           const at::Tensor& grid, const at::Tensor& grad_input,
-                          const at::Tensor& grad_grid, Sampling sampling) {
+                          const at::Tensor& grad_grid, Sampling sampling,
+                          bool /*deterministic: always*/) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::grid_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -482,7 +483,8 @@ void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
 
 void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                             const at::Tensor& theta, const at::Tensor& grad_input,
-                            const at::Tensor& grad_theta, Sampling sampling) {
+                            const at::Tensor& grad_theta, Sampling sampling,
+                            bool /*deterministic: always*/) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;

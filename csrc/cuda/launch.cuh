@@ -4,7 +4,9 @@
 #pragma once
 
 #include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/accumulate.h>
 
 #include "../kernels.h"
 
@@ -37,6 +39,14 @@ inline LaunchPlan plan_launch(int64_t N, int64_t C, int64_t points) {
   return {dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(groups),
                static_cast<unsigned>(std::min<int64_t>(N, 65535))),
           dim3(threads), per_thread};
+}
+
+// The plan of a backward pass over grad_output's points. `deterministic`
+// keeps each point's channels in one thread, so that its gradient is summed in
+// a fixed order, without atomics.
+inline LaunchPlan plan_backward(const at::Tensor& grad_output, bool deterministic) {
+  return plan_launch(grad_output.size(0), deterministic ? 1 : grad_output.size(1),
+                     c10::multiply_integers(grad_output.sizes().slice(2)));
 }
 
 // The most output points per batch element indexed in 32 bits: the loops'
@@ -120,6 +130,17 @@ inline void sum_block_partials(const at::Tensor& partials, const at::Tensor& sum
   sums.copy_(partials.sum(1).view(sums.sizes()));
 }
 
+// Whether the plan splits a point's channels across threads, whose gradients
+// with respect to the point must then be added atomically (into grad_grid,
+// zeroed here where it is wanted).
+inline bool split_channels(const at::Tensor& grad_grid, const LaunchPlan& plan) {
+  const bool split = plan.grid.y > 1;
+  if (split && grad_grid.defined()) {
+    C10_CUDA_CHECK(cudaMemsetAsync(grad_grid.data_ptr(), 0, grad_grid.nbytes(), current_stream()));
+  }
+  return split;
+}
+
 // A point's gradient with respect to its K coordinates, stored, or added
 // atomically when several channel groups add into the same point.
 template <int K, typename T>
@@ -162,6 +183,21 @@ struct ThetaGradSink {
     sum = {};
   }
 };
+
+// launch(sink) for grad_theta's sink (ThetaGradSink, ThetaGradSink3): its block
+// sums added atomically into grad_theta (zeroed), or, `deterministic`, stored
+// per block and then added in a fixed order.
+template <typename Sink, typename Launch>
+void with_theta_sink(Sink sink, const at::Tensor& grad_theta, const LaunchPlan& plan,
+                     bool deterministic, Launch&& launch) {
+  at::Tensor partials;
+  if (deterministic && grad_theta.defined()) {
+    partials = block_partials(grad_theta, plan);
+    sink.partials = static_cast<decltype(sink.partials)>(partials.data_ptr());
+  }
+  launch(sink);
+  if (partials.defined()) sum_block_partials(partials, grad_theta);
+}
 
 }  // namespace stn
 

@@ -168,23 +168,17 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
   });
 }
 
-// grad_theta needs every channel group of a point in one sum, which the
-// per-block reduction gives; grad_grid needs atomics once channels are split.
-template <typename scalar_t, typename Source, typename MakeSink>
+template <typename scalar_t, typename Source, typename Sink>
 void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, const Source& src,
                      const at::Tensor& grad_input, bool need_grid_grad, Sampling sampling,
-                     MakeSink make_sink) {
+                     const LaunchPlan& plan, const Sink& sink) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t points = grad_output.size(2) * grad_output.size(3);
-  const auto plan = plan_launch(grad_output.size(0), grad_output.size(1), points);
-  const auto sink = make_sink(plan.grid.y > 1);
-  using SinkT = std::decay_t<decltype(sink)>;
   const auto in = image_of<const scalar_t>(input);
-  with_point_index_type(in, points, [&](auto index) {
+  with_point_index_type(in, grad_output.size(2) * grad_output.size(3), [&](auto index) {
     using index_t = decltype(index);
     const auto kernel = sampling.interpolation == Interpolation::Bicubic
-                            ? sample_backward_kernel<true, index_t, scalar_t, Source, SinkT>
-                            : sample_backward_kernel<false, index_t, scalar_t, Source, SinkT>;
+                            ? sample_backward_kernel<true, index_t, scalar_t, Source, Sink>
+                            : sample_backward_kernel<false, index_t, scalar_t, Source, Sink>;
     kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
         image_of<const scalar_t>(grad_output), in,
         grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
@@ -203,19 +197,16 @@ void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
 
 void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                           const at::Tensor& grid, const at::Tensor& grad_input,
-                          const at::Tensor& grad_grid, Sampling sampling) {
+                          const at::Tensor& grad_grid, Sampling sampling,
+                          bool deterministic) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::grid_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto make_sink = [&](bool split_channels) {
-      if (split_channels && grad_grid.defined()) {
-        C10_CUDA_CHECK(cudaMemsetAsync(grad_grid.data_ptr(), 0, grad_grid.nbytes(), current_stream()));
-      }
-      return GridGradSink<acc_t>{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
-                                 grid.size(1), grid.size(2), split_channels};
-    };
+    const auto plan = plan_backward(grad_output, deterministic);
+    const GridGradSink<acc_t> sink{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
+                                   grid.size(1), grid.size(2), split_channels(grad_grid, plan)};
     sample_backward<scalar_t>(grad_output, input, tensor_grid_of<scalar_t>(grid), grad_input,
-                              grad_grid.defined(), sampling, make_sink);
+                              grad_grid.defined(), sampling, plan, sink);
   });
 }
 
@@ -232,19 +223,21 @@ void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
 
 void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                             const at::Tensor& theta, const at::Tensor& grad_input,
-                            const at::Tensor& grad_theta, Sampling sampling) {
+                            const at::Tensor& grad_theta, Sampling sampling,
+                            bool deterministic) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto src =
         theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3),
                              sampling.align_corners);
-    auto make_sink = [&](bool) {
-      return ThetaGradSink<acc_t>{grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr,
-                                  src};
-    };
-    sample_backward<scalar_t>(grad_output, input, src, grad_input, grad_theta.defined(),
-                              sampling, make_sink);
+    const auto plan = plan_backward(grad_output, deterministic);
+    const ThetaGradSink<acc_t> sink{
+        grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src};
+    with_theta_sink(sink, grad_theta, plan, deterministic, [&](const auto& s) {
+      sample_backward<scalar_t>(grad_output, input, src, grad_input, grad_theta.defined(),
+                                sampling, plan, s);
+    });
   });
 }
 
@@ -269,13 +262,13 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t N = grad_grid.size(0), H = grad_grid.size(1), W = grad_grid.size(2);
     const auto plan = plan_launch(N, 1, H * W);
-    const at::Tensor partials = block_partials(grad_theta, plan);
-    const ThetaGradSink<acc_t> sink{nullptr, ThetaGrid<acc_t>{nullptr, H, W, align_corners},
-                                    partials.data_ptr<acc_t>()};
-    affine_grid_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-        tensor_grid_of<scalar_t>(grad_grid), sink, N);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    sum_block_partials(partials, grad_theta);
+    const ThetaGradSink<acc_t> sink{grad_theta.data_ptr<acc_t>(),
+                                    ThetaGrid<acc_t>{nullptr, H, W, align_corners}};
+    with_theta_sink(sink, grad_theta, plan, /*deterministic=*/true, [&](const auto& s) {
+      affine_grid_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+          tensor_grid_of<scalar_t>(grad_grid), s, N);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 

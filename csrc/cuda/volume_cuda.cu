@@ -162,14 +162,11 @@ void volume_forward(const at::Tensor& input, const Source& src, const at::Tensor
   });
 }
 
-// As sample_backward in sampler_cuda.cu: make_sink(split_channels).
-template <typename scalar_t, typename Source, typename MakeSink>
+template <typename scalar_t, typename Source, typename Sink>
 void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, const Source& src,
                      const at::Tensor& grad_input, bool need_grid_grad, Sampling sampling,
-                     MakeSink make_sink) {
+                     const LaunchPlan& plan, const Sink& sink) {
   using acc_t = at::opmath_type<scalar_t>;
-  const auto plan = plan_launch(grad_output.size(0), grad_output.size(1), points_of(grad_output));
-  const auto sink = make_sink(plan.grid.y > 1);
   const auto in = image3_of<const scalar_t>(input);
   with_point_index_type(in, points_of(grad_output), [&](auto index) {
     volume_backward_kernel<decltype(index), scalar_t>
@@ -191,20 +188,16 @@ void grid_sample_forward(const at::Tensor& input, const at::Tensor& grid,
 
 void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                           const at::Tensor& grid, const at::Tensor& grad_input,
-                          const at::Tensor& grad_grid, Sampling sampling) {
+                          const at::Tensor& grad_grid, Sampling sampling,
+                          bool deterministic) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::grid_sample_backward (5-D)", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    auto make_sink = [&](bool split_channels) {
-      if (split_channels && grad_grid.defined()) {
-        C10_CUDA_CHECK(
-            cudaMemsetAsync(grad_grid.data_ptr(), 0, grad_grid.nbytes(), current_stream()));
-      }
-      return GridGradSink3<acc_t>{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
-                                  points_of(grad_output), split_channels};
-    };
+    const auto plan = plan_backward(grad_output, deterministic);
+    const GridGradSink3<acc_t> sink{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
+                                    points_of(grad_output), split_channels(grad_grid, plan)};
     volume_backward<scalar_t>(grad_output, input, tensor_grid3_of<scalar_t>(grid), grad_input,
-                              grad_grid.defined(), sampling, make_sink);
+                              grad_grid.defined(), sampling, plan, sink);
   });
 }
 
@@ -220,18 +213,20 @@ void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
 
 void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
                             const at::Tensor& theta, const at::Tensor& grad_input,
-                            const at::Tensor& grad_theta, Sampling sampling) {
+                            const at::Tensor& grad_theta, Sampling sampling,
+                            bool deterministic) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample_backward (5-D)", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto src = theta_grid3_of<acc_t>(theta, grad_output.sizes().slice(2),
                                            sampling.align_corners);
-    auto make_sink = [&](bool) {
-      return ThetaGradSink3<acc_t>{
-          grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src};
-    };
-    volume_backward<scalar_t>(grad_output, input, src, grad_input, grad_theta.defined(),
-                              sampling, make_sink);
+    const auto plan = plan_backward(grad_output, deterministic);
+    const ThetaGradSink3<acc_t> sink{
+        grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src};
+    with_theta_sink(sink, grad_theta, plan, deterministic, [&](const auto& s) {
+      volume_backward<scalar_t>(grad_output, input, src, grad_input, grad_theta.defined(),
+                                sampling, plan, s);
+    });
   });
 }
 
@@ -256,14 +251,14 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t N = grad_grid.size(0);
     const auto plan = plan_launch(N, 1, grad_grid.size(1) * grad_grid.size(2) * grad_grid.size(3));
-    const at::Tensor partials = block_partials(grad_theta, plan);
     const ThetaGradSink3<acc_t> sink{
-        nullptr, theta_grid3_of<acc_t>(at::Tensor(), grad_grid.sizes().slice(1, 3), align_corners),
-        partials.data_ptr<acc_t>()};
-    affine_grid3_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-        tensor_grid3_of<scalar_t>(grad_grid), sink, N);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    sum_block_partials(partials, grad_theta);
+        grad_theta.data_ptr<acc_t>(),
+        theta_grid3_of<acc_t>(at::Tensor(), grad_grid.sizes().slice(1, 3), align_corners)};
+    with_theta_sink(sink, grad_theta, plan, /*deterministic=*/true, [&](const auto& s) {
+      affine_grid3_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
+          tensor_grid3_of<scalar_t>(grad_grid), s, N);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 
