@@ -44,9 +44,6 @@ def parse_args(argv):
     parser.add_argument("--padding-mode", choices=["zeros", "border", "reflection"], default="zeros",
                         help="the samplers' padding_mode (default: zeros)")
     parser.add_argument("--align-corners", action="store_true", help="sample with align_corners=True")
-    parser.add_argument("--deterministic", action="store_true",
-                        help="stn_cuda's backward runs its deterministic (atomic-free) path "
-                             "(stn_cuda.set_deterministic); compare with a run without it")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = parser.parse_args(argv)
 
@@ -127,8 +124,7 @@ def main(argv=None) -> int:
     if args.list:
         list_workloads()
         return 0
-    meta = environment.metadata(args.device, argv)  # argv records --deterministic too
-    stn_cuda.set_deterministic(args.deterministic)
+    meta = environment.metadata(args.device, argv)
     if meta["stn_cuda_poison"]:
         print("warning: STN_CUDA_POISON is set: stn_cuda NaN-fills every output, and is timed doing so",
               file=sys.stderr)

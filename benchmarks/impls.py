@@ -7,6 +7,10 @@
            stn_cuda.affine_sample (candidate, fused), F.affine_grid + F.grid_sample
            (reference) and kornia's warp_affine (when kornia is installed)
 
+Each family also times stn_cuda's deterministic backward (a variant: checked as strictly
+as the candidate, timed in the backward directions only, its forward being the
+candidate's), so that its cost against the atomic backward comes from the same run.
+
 Speedups are taken against the family's reference and against the fastest torch
 implementation of the family. torch's native kernel is called as
 torch.grid_sampler_2d because F.grid_sample switches to cuDNN for zeros padding
@@ -16,6 +20,7 @@ whatever the run's options (they change a point's arithmetic, not the work; each
 row says which options each implementation ran with). The composition is timed as
 a user calls it, so with those options on CUDA its F.grid_sample is cuDNN's.
 """
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 
 import stn_cuda
 
-from .workloads import PADDING_CODES, Case, Sampling
+from .workloads import DIRECTIONS, PADDING_CODES, Case, Sampling
 
 try:
     import kornia.geometry.conversions as kornia_conversions
@@ -36,7 +41,9 @@ except ImportError:
 SAMPLER, AFFINE = "sampler", "affine"
 FAMILIES = {SAMPLER: "stn_cuda.grid_sample vs torch's samplers, same input and grid",
             AFFINE: "fused stn_cuda.affine_sample vs F.affine_grid + F.grid_sample, same input and theta"}
-CANDIDATE, REFERENCE, TORCH, OTHER = "candidate", "reference", "torch", "other"
+# CANDIDATE: stn_cuda's default path; VARIANT: another stn_cuda path; REFERENCE and TORCH:
+# torch's; OTHER: third party.
+CANDIDATE, VARIANT, REFERENCE, TORCH, OTHER = "candidate", "variant", "reference", "torch", "other"
 
 # (input, geometry, out_size, sampling) -> output
 SampleFn = Callable[[torch.Tensor, torch.Tensor, Tuple[int, int], Sampling], torch.Tensor]
@@ -51,15 +58,26 @@ class Impl:
     """One implementation: how to call it on a case, and when it cannot run."""
     name: str
     family: str
-    role: str  # CANDIDATE: stn_cuda; REFERENCE and TORCH: torch's; OTHER: third party
+    role: str
     sample: SampleFn
     fixed_sampling: Optional[Sampling] = None  # the only options it supports, if so
     unavailable: Callable[[Case], Optional[str]] = _no_reason  # why it cannot run on a case
     geometry_of: Optional[Callable[[Case], torch.Tensor]] = None  # default: the family's
+    deterministic: bool = False  # stn_cuda's backward runs its deterministic path
+    directions: Tuple[str, ...] = DIRECTIONS  # those it is timed in
+
+    @property
+    def is_stn_cuda(self) -> bool:
+        return self.role in (CANDIDATE, VARIANT)
 
     @property
     def is_torch(self) -> bool:
         return self.role in (REFERENCE, TORCH)
+
+    def backward_context(self):
+        """The context its gradients are taken in: stn_cuda reads the flag when the
+        backward runs."""
+        return stn_cuda.deterministic() if self.deterministic else contextlib.nullcontext()
 
     def sampling(self, case: Case) -> Sampling:
         return self.fixed_sampling or case.sampling
@@ -140,12 +158,18 @@ def _kornia_unavailable(case: Case) -> Optional[str]:
     return "kornia not installed" if kornia_transform is None else None
 
 
+_BACKWARD = tuple(d for d in DIRECTIONS if d != "forward")
+
 IMPLS = (
     Impl("stn_cuda.grid_sample", SAMPLER, CANDIDATE, _stn_grid_sample),
+    Impl("stn_cuda.grid_sample deterministic", SAMPLER, VARIANT, _stn_grid_sample,
+         deterministic=True, directions=_BACKWARD),
     Impl("torch.grid_sampler_2d", SAMPLER, REFERENCE, torch_native),
     Impl("torch.cudnn_grid_sampler", SAMPLER, TORCH, _torch_cudnn,
          fixed_sampling=Sampling("zeros", True), unavailable=_cudnn_unavailable),
     Impl("stn_cuda.affine_sample", AFFINE, CANDIDATE, _stn_affine_sample),
+    Impl("stn_cuda.affine_sample deterministic", AFFINE, VARIANT, _stn_affine_sample,
+         deterministic=True, directions=_BACKWARD),
     Impl("F.affine_grid+F.grid_sample", AFFINE, REFERENCE, torch_composition),
     Impl("kornia.warp_affine", AFFINE, OTHER, _kornia_warp_affine,
          unavailable=_kornia_unavailable, geometry_of=_kornia_matrix),

@@ -5,7 +5,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from . import checks
-from .impls import CANDIDATE, FAMILIES, IMPLS, Impl, family, reference_of
+from .impls import FAMILIES, IMPLS, Impl, family, reference_of
 from .timing import Stats, Timer
 from .workloads import DIRECTIONS, Case, dtype_name, min_bytes
 
@@ -28,8 +28,16 @@ def timed_call(impl: Impl, case: Case, direction: str) -> Callable[[], object]:
     grad_output = torch.randn(w.batch, w.channels, *w.out_size, dtype=case.dtype, device=case.device)
     if direction == "backward":
         output = impl(case, *leaves)
-        return lambda: torch.autograd.grad(output, leaves, grad_output, retain_graph=True)
-    return lambda: torch.autograd.grad(impl(case, *leaves), leaves, grad_output)
+
+        def backward():
+            with impl.backward_context():
+                return torch.autograd.grad(output, leaves, grad_output, retain_graph=True)
+        return backward
+
+    def forward_backward():
+        with impl.backward_context():
+            return torch.autograd.grad(impl(case, *leaves), leaves, grad_output)
+    return forward_backward
 
 
 def check_all(case: Case) -> Tuple[Dict[str, checks.Check], Dict[str, str], List[str], List[str]]:
@@ -43,7 +51,7 @@ def check_all(case: Case) -> Tuple[Dict[str, checks.Check], Dict[str, str], List
         if reason is not None:
             skipped[impl.name] = reason
             continue
-        report = failures if impl.role == CANDIDATE else warnings
+        report = failures if impl.is_stn_cuda else warnings
         try:
             results[impl.name] = result = checks.check(impl, case)
         except Exception as error:  # noqa: BLE001 (reported; a failure for stn_cuda)
@@ -88,10 +96,14 @@ def run_case(case: Case, timer: Timer, reps: int, copy_bandwidth: float, context
     w = case.workload
     rows = []
     for direction in directions:
-        stats = timer.compare({impl.name: timed_call(impl, case, direction) for impl in to_time}, reps)
+        timed = [impl for impl in to_time if direction in impl.directions]
+        stats = timer.compare({impl.name: timed_call(impl, case, direction) for impl in timed}, reps)
         speedups = _speedups({name: s.median for name, s in stats.items()})
         entries = {name: {"skipped": reason} for name, reason in skipped.items()}
         for impl in to_time:
+            if impl not in timed:
+                entries[impl.name] = {"skipped": f"timed in {', '.join(impl.directions)} only"}
+        for impl in timed:
             entries[impl.name] = {**_entry(impl, case, direction, stats[impl.name], copy_bandwidth),
                                   **speedups[impl.name], **results[impl.name].as_row()}
         rows.append({
