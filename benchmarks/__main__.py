@@ -1,5 +1,6 @@
 """python -m benchmarks: run the suite and write its results (see benchmarks/__init__.py)."""
 import argparse
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -99,22 +100,27 @@ def run_all(args, meta: dict):
             workloads.append(w.on(args.device))
     rows, failed = [], []
     cases = [(w, dtype) for w in workloads for dtype in args.dtypes]
-    with tqdm(cases, desc="benchmarks", unit="case", file=sys.stderr, dynamic_ncols=True) as progress:
-        for w, dtype in progress:
-            name = f"{w.name} {dtype_name(dtype)}"
-            progress.set_postfix_str(name)
-            try:
-                case = make_case(w, dtype, args.device, sampling)
-                case_rows, failures, warnings = run_case(case, timer, args.reps,
-                                                         meta["copy_bandwidth_gbps"] * 1e9, context)
-            except Exception:  # noqa: BLE001 (one case's crash must not lose the others' results)
-                case_rows, failures, warnings = [], [f"crashed:\n{traceback.format_exc()}"], []
-            rows += case_rows
-            for message in warnings:
-                tqdm.write(f"warning: {name}: {message}", file=sys.stderr)
-            for message in failures:
-                tqdm.write(f"FAILED: {name}: {message}", file=sys.stderr)
-                failed.append(f"{name}: {message}")
+    done = 0
+    try:
+        with tqdm(cases, desc="benchmarks", unit="case", file=sys.stderr, dynamic_ncols=True) as progress:
+            for w, dtype in progress:
+                name = f"{w.name} {dtype_name(dtype)}"
+                progress.set_postfix_str(name)
+                try:
+                    case = make_case(w, dtype, args.device, sampling)
+                    case_rows, failures, warnings = run_case(case, timer, args.reps,
+                                                             meta["copy_bandwidth_gbps"] * 1e9, context)
+                except Exception:  # noqa: BLE001 (one case's crash must not lose the others' results)
+                    case_rows, failures, warnings = [], [f"crashed:\n{traceback.format_exc()}"], []
+                rows += case_rows
+                done += 1
+                for message in warnings:
+                    tqdm.write(f"warning: {name}: {message}", file=sys.stderr)
+                for message in failures:
+                    tqdm.write(f"FAILED: {name}: {message}", file=sys.stderr)
+                    failed.append(f"{name}: {message}")
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a time limit: report the cases done
+        meta["interrupted"] = f"after {done} of {len(cases)} cases"
     return rows, failed
 
 
@@ -128,14 +134,16 @@ def main(argv=None) -> int:
     if meta["stn_cuda_poison"]:
         print("warning: STN_CUDA_POISON is set: stn_cuda NaN-fills every output, and is timed doing so",
               file=sys.stderr)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     rows, failed = run_all(args, meta)
     paths = report.write_all(args.out, meta, rows)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     if failed:
         print(f"{len(failed)} failure(s):\n  " + "\n  ".join(failed), file=sys.stderr)
-        return 1
-    return 0
+    if "interrupted" in meta:
+        print(f"interrupted {meta['interrupted']}: the results cover the cases before", file=sys.stderr)
+    return 1 if failed or "interrupted" in meta else 0
 
 
 if __name__ == "__main__":

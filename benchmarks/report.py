@@ -100,6 +100,8 @@ def markdown(meta: dict, rows: List[dict]) -> str:
         " (benchmarks/checks.py).",
         "",
     ]
+    if "interrupted" in meta:
+        lines += [f"**Interrupted {meta['interrupted']}**: the tables cover those cases only.", ""]
     for family_name in FAMILIES:
         lines += _family_table(family_name, rows)
     return "\n".join(lines)

@@ -1,29 +1,39 @@
 #!/usr/bin/env bash
 # The one-call check on a GPU machine whose Python has a CUDA build of torch and
 # whose CUDA toolkit is in /usr/local/cuda (no network needed; torch is never
-# installed or replaced): versions, build, the CUDA tests, compute-sanitizer
-# (memcheck, racecheck, initcheck) over a subset of them, the benchmark suite and the
-# peak-memory comparison. Every step runs whatever happened to the others; each
-# one's exit status (124: over its time limit) and duration go to $OUT/summary.txt,
-# its output to $OUT/<step>.log. STEPS picks steps, so that a session whose
-# commands are limited to 10 minutes can split the run (the build is kept):
-#   bash scripts/gpu_check.sh                          # every step; OUT=./gpu-out
-#   STEPS="versions build tests" bash scripts/gpu_check.sh
-#   STEPS="build memcheck racecheck initcheck" bash scripts/gpu_check.sh
-#   STEPS="build bench memory" bash scripts/gpu_check.sh
+# installed or replaced): versions, build, the CUDA tests, the benchmark suite,
+# compute-sanitizer (memcheck, racecheck, initcheck) over a subset of the tests and
+# the peak-memory comparison, in that order of priority.
+#
+# It is sized for one command of a lent machine (10 minutes at most, 15 minutes of
+# device time a session): every step runs whatever happened to the others, within
+# its own limit and within BUDGET_S seconds for the whole script (default 540), so a
+# step that would start too late is skipped and says so. Few files come back from a
+# device call (8), so everything lands in at most six:
+#   $OUT/summary.txt    each step's exit status (124: over its time limit), duration
+#                       and the end of its output
+#   $OUT/steps.log      every step's whole output, in order
+#   $OUT/bench/results.{json,md}, $OUT/bench/speedup.png   the benchmark suite
+#   $OUT/memory.json    the peak-memory comparison
+# STEPS picks steps (the build is kept between calls on a warm machine):
+#   bash scripts/gpu_check.sh                                     # every step; OUT=./gpu-out
+#   STEPS="build tests" bash scripts/gpu_check.sh
+#   STEPS="build memcheck racecheck initcheck" BUDGET_S=580 bash scripts/gpu_check.sh
 #   OUT=/tmp/run PYTHON=python3.12 bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export OUT=${OUT:-$PWD/gpu-out} PY=${PYTHON:-python3}
+export OUT=${OUT:-$PWD/gpu-out} PY=${PYTHON:-python3} PYTHONUNBUFFERED=1
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-export FORCE_CUDA=1 PATH="$CUDA_HOME/bin:$PATH"
+export FORCE_CUDA=1 PATH="$CUDA_HOME/bin:$PATH" MAX_JOBS=${MAX_JOBS:-$(nproc)}
 # Tests that reach every kernel with odd shapes, strides, far and non-finite points:
-# where an out-of-bounds access or an uninitialised read would be.
-# The property tests (a few examples each) add random layouts and edge coordinates; the
-# concurrency tests, several streams and threads.
+# where an out-of-bounds access or an uninitialised read would be. The property tests
+# (a few examples each) add random layouts and edge coordinates; the concurrency
+# tests, several streams and threads.
 export SANITIZED="cuda and (matches_torch or memory_layouts or huge_coordinates or non_finite or empty or property or streams or threads or deterministic)"
+BUDGET_S=${BUDGET_S:-540}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
+: > "$OUT/steps.log"
 status=0
 
 versions() {
@@ -33,39 +43,48 @@ versions() {
 print("python", sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda,
       "cuDNN", torch.backends.cudnn.version())
 print("GPU", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'
-  nvcc --version
-  compute-sanitizer --version
+  nvcc --version | tail -n 2
+  compute-sanitizer --version | head -n 2
 }
 
 sanitize() {  # sanitize TOOL: the SANITIZED tests under compute-sanitizer --tool TOOL
   # Without the caching allocator every tensor is its own allocation, so memcheck sees
   # an access past a tensor's end.
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 STN_HYPOTHESIS_PROFILE=quick compute-sanitizer --tool "$1" --error-exitcode 99 \
-    "$PY" -m pytest -q -p no:cacheprovider tests -k "$SANITIZED" --junitxml="$OUT/$1.xml"
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 STN_HYPOTHESIS_PROFILE=quick compute-sanitizer --tool "$1" \
+    --error-exitcode 99 "$PY" -m pytest -q -p no:cacheprovider tests -k "$SANITIZED"
 }
 export -f versions sanitize
 
-STEPS=${STEPS:-versions build tests bench memory memcheck racecheck initcheck}
+STEPS=${STEPS:-versions build tests bench memcheck memory racecheck initcheck}
 
-step() {  # step NAME LIMIT_S COMMAND...: COMMAND (a program or a function above) in $OUT/NAME.log
-  local name=$1 limit=$2 start=$SECONDS rc=0
+step() {  # step NAME LIMIT_S COMMAND...: COMMAND (a program or a function above)
+  local name=$1 limit=$2 start=$SECONDS rc=0 log="$OUT/.$1.log"
   shift 2
   case " $STEPS " in *" $name "*) ;; *) return 0 ;; esac
-  echo "== $name: $*"
-  timeout --kill-after=10 "$limit" bash -c '"$@"' bash "$@" > "$OUT/$name.log" 2>&1 || rc=$?
-  tail -n 12 "$OUT/$name.log"
+  local left=$((BUDGET_S - SECONDS))
+  if [ "$left" -lt 20 ]; then
+    printf '%-10s skipped: %ss of the %ss budget left\n' "$name" "$left" "$BUDGET_S" | tee -a "$OUT/summary.txt"
+    status=1
+    return 0
+  fi
+  [ "$limit" -le "$left" ] || limit=$left
+  echo "== $name (limit ${limit}s): $*"
+  timeout --kill-after=10 "$limit" bash -c '"$@"' bash "$@" > "$log" 2>&1 || rc=$?
+  { echo "== $name: $*"; cat "$log"; } >> "$OUT/steps.log"
   printf '%-10s rc=%-4s %5ss  %s\n' "$name" "$rc" "$((SECONDS - start))" "$*" | tee -a "$OUT/summary.txt"
+  tail -n 8 "$log" | sed 's/^/    /' | tee -a "$OUT/summary.txt"
+  rm -f "$log"
   [ "$rc" = 0 ] || status=1
 }
 
-step versions 60 versions
-step build 300 "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
-step tests 420 "$PY" -m pytest -q tests -k cuda --junitxml="$OUT/tests.xml"
-step bench 300 "$PY" -m benchmarks --out "$OUT/bench"
-step memory 120 "$PY" -m benchmarks.memory --out "$OUT/memory.json"
-for tool in memcheck racecheck initcheck; do
-  step "$tool" 120 sanitize "$tool"
-done
+step versions 30 versions
+step build 240 "$PY" -m pip install --disable-pip-version-check --no-build-isolation --no-deps -e .
+step tests 180 "$PY" -m pytest -q -p no:cacheprovider tests -k cuda --durations=10
+step bench 150 "$PY" -m benchmarks --reps 30 --out "$OUT/bench"
+step memcheck 90 sanitize memcheck
+step memory 30 "$PY" -m benchmarks.memory --out "$OUT/memory.json"
+step racecheck 60 sanitize racecheck
+step initcheck 60 sanitize initcheck
 echo "== summary ($OUT/summary.txt)"
 cat "$OUT/summary.txt"
 exit $status
