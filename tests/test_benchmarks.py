@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import stn_cuda
-from benchmarks import checks
+from benchmarks import checks, environment, report
+import benchmarks.__main__ as suite_main
 from benchmarks.__main__ import parse_args
-from benchmarks.impls import AFFINE, CANDIDATE, IMPLS, REFERENCE, SAMPLER
+from benchmarks.impls import AFFINE, CANDIDATE, IMPLS, REFERENCE, SAMPLER, VARIANT
 from benchmarks.workloads import AFFINE as AFFINE_GEOMETRY
 from benchmarks.workloads import DIRECTIONS, QUICK, Sampling, Workload, make_case
 from conftest import DEVICES
@@ -70,6 +71,8 @@ def test_every_applicable_implementation_is_timed(quick_run):
             entry = impls[impl.name]
             if impl.family in families and impl.role in (CANDIDATE, REFERENCE):
                 assert "median_ms" in entry, (row["workload"], impl.name, entry)
+            if impl.family in families and impl.role == VARIANT:  # the deterministic backward
+                assert ("median_ms" in entry) == (row["direction"] in impl.directions), entry
             if "median_ms" not in entry:
                 assert entry["skipped"], (row["workload"], impl.name)
                 continue
@@ -139,6 +142,25 @@ def test_check_catches_a_wrong_implementation(mistake):
     right = next(impl for impl in IMPLS if impl.name == name)
     assert checks.check(right, case).status == checks.OK
     assert checks.check(_wrong(name, sample), case).status == checks.MISMATCH
+
+
+def test_an_interrupted_run_reports_the_cases_done(monkeypatch, tmp_path):
+    """A time limit's SIGTERM (as Ctrl-C) stops the run; the cases done are written."""
+    calls = []
+
+    def run_case(case, *args, **kwargs):
+        calls.append(case.workload.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return [{"workload": case.workload.name}], [], []
+
+    monkeypatch.setattr(suite_main, "run_case", run_case)
+    args = parse_args(["--quick", "--device", "cpu", "--out", str(tmp_path)])
+    meta = environment.metadata(args.device, [])
+    rows, failed = suite_main.run_all(args, meta)
+    assert rows == [{"workload": QUICK[0]}] and not failed
+    assert meta["interrupted"] == f"after 1 of {len(QUICK)} cases"
+    assert f"Interrupted after 1 of {len(QUICK)} cases" in report.markdown(meta, [])
 
 
 def test_unknown_workload_is_an_error(capsys):
