@@ -4,6 +4,10 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
+#include <limits>
+#include <vector>
+
 #include "gather.h"
 
 namespace stn {
@@ -14,6 +18,31 @@ const GatherKernels& gather_kernels_for(const at::Tensor& t) {
   if (t.is_cuda()) return cuda_gather_kernels();
 #endif
   return cpu_gather_kernels();
+}
+
+// The most keys one sort takes: CUDA's sort (cub's) takes at most INT_MAX.
+constexpr int64_t kMaxSortedAtOnce = std::numeric_limits<int32_t>::max();
+
+// The keys (E,) of N batch elements, sorted stably, and their entries in that
+// order. A batch element's entries are a contiguous block whose keys are its
+// own (CellGrid), so blocks of whole batch elements sort on their own.
+std::tuple<at::Tensor, at::Tensor> sort_entries(const at::Tensor& keys, int64_t N,
+                                                int64_t max_at_once = kMaxSortedAtOnce) {
+  const int64_t per_n = keys.numel() / N;
+  TORCH_CHECK_VALUE(per_n <= max_at_once, "stn_cuda: the deterministic backward sorts at most ",
+                    max_at_once, " entries (output points, times 16 for bicubic) per batch "
+                    "element, got ", per_n);
+  const int64_t block = max_at_once / per_n;  // batch elements per sort
+  if (block >= N) return at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  std::vector<at::Tensor> sorted, order;
+  for (int64_t n = 0; n < N; n += block) {
+    const int64_t first = n * per_n;
+    auto [s, o] = at::sort(keys.narrow(0, first, std::min(block, N - n) * per_n),
+                           /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    sorted.push_back(s);
+    order.push_back(o + first);
+  }
+  return {at::cat(sorted), at::cat(order)};
 }
 
 }  // namespace
@@ -32,14 +61,13 @@ void gather_grad_input(const at::Tensor& grad_output, const at::Tensor& input,
   const at::Tensor keys = at::empty({entries}, index);
   const at::Tensor weights = at::empty(
       {entries, shape.corners}, input.options().dtype(at::toOpMathType(input.scalar_type())));
-  kernels.entries(source, input, out_size, cells, keys, weights, sampling);
-  const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  // starts[i]: the first sorted entry of cell i or after it.
-  const at::Tensor starts =
-      at::searchsorted(std::get<0>(sorted), at::arange(cells.unused + 1, index));
+  kernels.entries(source, input, out_size, cells, shape, keys, weights, sampling);
+  const auto [sorted, order] = sort_entries(keys, N);
+  // starts[i]: the first sorted entry of key i or after it.
+  const at::Tensor starts = at::searchsorted(sorted, at::arange(cells.keys, index));
   // Points and pixels flattened: grad_input is dense (ops.cpp), so a view.
-  kernels.gather(grad_output.reshape({N, C, -1}), starts, std::get<1>(sorted), weights, cells,
-                 shape, grad_input.view({N, C, -1}));
+  kernels.gather(grad_output.reshape({N, C, -1}), starts, order, weights, cells, shape,
+                 grad_input.view({N, C, -1}));
 }
 
 }  // namespace stn

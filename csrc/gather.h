@@ -23,8 +23,8 @@ struct GatherKernels {
   // Step 1: every point's entries, keys (E,) int64 and weights
   // (E, corners) in the accumulation type. out_size: the output's spatial size.
   void (*entries)(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef out_size,
-                  const CellGrid& cells, const at::Tensor& keys, const at::Tensor& weights,
-                  Sampling sampling);
+                  const CellGrid& cells, EntryShape shape, const at::Tensor& keys,
+                  const at::Tensor& weights, Sampling sampling);
   // Step 3: every pixel of grad_input (N, C, pixels), a view of the result,
   // from the sorted runs, grad_output (N, C, points).
   void (*gather)(const at::Tensor& grad_output, const at::Tensor& starts, const at::Tensor& order,

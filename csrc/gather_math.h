@@ -15,7 +15,7 @@
 //     - bicubic: the cell of the tap's pixel, one corner (a point's 16 taps
 //       land on pixels that padding may move anywhere, so each is an entry).
 //     An entry that reaches no pixel of the input (a non-finite point
-//     included) gets the key `unused`, after every cell's;
+//     included) gets its batch element's `unused` key, after its cells';
 //  2. a stable sort orders the entries by key, and each cell's run of entries
 //     is found in the sorted keys (deterministic: ties keep the entry order);
 //  3. a pixel is corner k of the cells at its own cell minus corner k's
@@ -29,19 +29,23 @@ namespace stn {
 
 // The cells of the input: each axis of a batch element's input, of size S, has
 // S + 1 cells, from -1 (whose only corner inside is its upper one) to S - 1.
-// Cells are numbered across batch elements, axes row-major; an image is a
-// volume of depth 1 with no cells before its depth 0 (sD = 0).
+// Keys number the cells of each batch element, axes row-major, then one key
+// for its entries that reach no pixel of the input (a non-finite point's
+// included): every key of batch element n lies in [n sN, (n + 1) sN). An image
+// is a volume of depth 1 with no cells before its depth 0 (sD = 0).
 struct CellGrid {
-  int64_t D, H, W;   // the input's extent (D = 1 for an image)
-  int64_t sD, sH;    // strides of the cell axes (sW = 1)
-  int64_t origin;    // the number of cell (0, 0, 0) in batch element 0
-  int64_t per_batch; // cells per batch element
-  int64_t unused;    // the key after every cell's: N * per_batch
+  int64_t D, H, W;  // the input's extent (D = 1 for an image)
+  int64_t sD, sH;   // strides of the cell axes (sW = 1)
+  int64_t origin;   // the key of cell (0, 0, 0) of batch element 0
+  int64_t sN;       // keys per batch element
+  int64_t keys;     // keys in all: N sN
 
   // The cell of pixel (z, y, x) of batch element n.
   STN_HD int64_t cell(int64_t n, int64_t z, int64_t y, int64_t x) const {
-    return n * per_batch + origin + z * sD + y * sH + x;
+    return n * sN + origin + z * sD + y * sH + x;
   }
+  // The key of batch element n's entries that reach no pixel: its last.
+  STN_HD int64_t unused(int64_t n) const { return n * sN + sN - 1; }
   // Offset of the cell whose corner k a pixel is, from the pixel's own cell:
   // corner k lies (k & 1, k >> 1 & 1, k >> 2) from the cell's first corner.
   STN_HD int64_t corner_offset(int k) const { return (k & 1) + (k >> 1 & 1) * sH + (k >> 2) * sD; }
@@ -59,8 +63,8 @@ inline CellGrid cell_grid(int64_t N, int dims, int64_t D, int64_t H, int64_t W) 
   g.sH = W + 1;
   g.sD = dims == 3 ? (H + 1) * g.sH : 0;
   g.origin = g.sD + g.sH + 1;
-  g.per_batch = dims == 3 ? (D + 1) * g.sD : (H + 1) * g.sH;
-  g.unused = N * g.per_batch;
+  g.sN = (dims == 3 ? (D + 1) * g.sD : (H + 1) * g.sH) + 1;
+  g.keys = N * g.sN;
   return g;
 }
 
@@ -93,7 +97,7 @@ struct EntryStore {
   // offsets): a corner outside the input weighs 0.
   template <typename C>
   STN_HD void put(int64_t e, int64_t n, const CellGrid& cells, const C& c) const {
-    keys[e] = c.inside == 0 ? cells.unused : cells.cell(n, 0, 0, 0) + c.base;
+    keys[e] = c.inside == 0 ? cells.unused(n) : cells.cell(n, 0, 0, 0) + c.base;
     for (int k = 0; k < shape.corners; ++k) {
       weights[e * shape.corners + k] = (c.inside >> k & 1) ? c.weight[k] : T(0);
     }
@@ -108,14 +112,15 @@ STN_HD void put_entries(const EntryStore<T>& store, int64_t p, int64_t n, Point2
   if (sampling.interpolation == Interpolation::Bicubic) {
     const auto b = bicubic_point<int64_t>(pt.x, pt.y, plane, sampling.padding,
                                           sampling.align_corners);
-    // Tap 4 i + j: column i, row j, in the order bicubic_backward adds them.
+    // Tap 4 i + j: column i, row j, in the order bicubic_backward adds them;
+    // each an entry with one corner.
     for (int i = 0; i < 4; ++i) {
       for (int j = 0; j < 4; ++j) {
-        const int64_t e = p * 16 + 4 * i + j;
+        const int64_t e = (p << store.shape.tap_bits) + 4 * i + j;
         const bool inside = b.inside >> (4 * j + i) & 1;
         store.keys[e] = inside ? cells.cell(n, 0, 0, 0) + b.y_offset[j] + b.x_offset[i]
-                               : cells.unused;
-        store.weights[e] = inside ? b.wx[i] * b.wy[j] : T(0);
+                               : cells.unused(n);
+        store.weights[e * store.shape.corners] = inside ? b.wx[i] * b.wy[j] : T(0);
       }
     }
     return;
@@ -172,7 +177,9 @@ STN_HD acc_t gather_pixel(const CellRuns<acc_t>& runs, int64_t n, int64_t z, int
     for (int64_t j = runs.starts[cell]; j < runs.starts[cell + 1]; ++j) {
       const int64_t e = runs.order[j];
       const int64_t q = (e >> runs.shape.tap_bits) - first_point;
-      // weight * grad_output, as the scattering backward multiplies them.
+      // grad_output * weight: the scattering backward's product for bilinear and
+      // nearest; for bicubic it is (grad_output * w_x) * w_y, this one
+      // grad_output * (w_x * w_y), which may differ in the last bit.
       sum += static_cast<acc_t>(go[q * go_stride]) * runs.weights[e * corners + k];
     }
   }

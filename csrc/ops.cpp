@@ -151,10 +151,13 @@ bool poison_outputs() {
   return poison;
 }
 
-Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  Tensor t = at::empty(sizes, options);
+Tensor poisoned(Tensor t) {
   if (poison_outputs()) t.fill_(std::numeric_limits<double>::quiet_NaN());
   return t;
+}
+
+Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return poisoned(at::empty(sizes, options));
 }
 
 at::ScalarType acc_type(const Tensor& t) { return at::toOpMathType(t.scalar_type()); }
@@ -164,7 +167,14 @@ Tensor zeros_acc(const Tensor& like) {
   return at::zeros_like(like, like.options().dtype(acc_type(like)), like.suggest_memory_format());
 }
 
-// The backward kernels address grad_input (from zeros_acc) with the input's
+// grad_input's buffer: zeroed for the kernels that add into it, or, where the
+// deterministic backward's gather writes every element, as empty_output.
+Tensor grad_input_buffer(const Tensor& in, bool gathered) {
+  if (!gathered) return zeros_acc(in);
+  return poisoned(at::empty_like(in, in.options().dtype(acc_type(in)), in.suggest_memory_format()));
+}
+
+// The backward kernels address grad_input (grad_input_buffer) with the input's
 // offsets, so they read an input laid out the same way: dense in its memory
 // format. A copy only for inputs with gaps or unusual strides.
 Tensor dense(const Tensor& input) { return input.contiguous(input.suggest_memory_format()); }
@@ -191,7 +201,9 @@ void run_backward(decltype(Kernels::grid_sample_backward) backward, const Tensor
     return backward(grad_output, input, source, grad_input, grad_source, sampling, false);
   }
   if (grad_input.defined()) gather_grad_input(grad_output, input, source, grad_input, sampling);
-  if (grad_source.defined()) backward(grad_output, input, source, Tensor(), grad_source, sampling, true);
+  if (grad_source.defined()) {
+    backward(grad_output, input, source, Tensor(), grad_source, sampling, true);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -222,7 +234,8 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
   const int64_t dims = spatial_dims(input);
   check_grad_output(op, grad_output, input, grid.sizes().slice(1, dims));
   const Tensor in = dense(input);
-  Tensor grad_input = output_mask[0] ? zeros_acc(in) : Tensor();
+  Tensor grad_input =
+      output_mask[0] ? grad_input_buffer(in, deterministic && grad_output.numel() > 0) : Tensor();
   Tensor grad_grid =
       output_mask[1] ? empty_output(grid.sizes(), grid.options().dtype(acc_type(grid))) : Tensor();
   if (grad_output.numel() > 0) {
@@ -318,7 +331,8 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
                     ": expected grad_output to be ", input.dim(), "-D like input");
   check_grad_output(op, grad_output, input, grad_output.sizes().slice(2));
   const Tensor in = dense(input);
-  Tensor grad_input = output_mask[0] ? zeros_acc(in) : Tensor();
+  Tensor grad_input =
+      output_mask[0] ? grad_input_buffer(in, deterministic && grad_output.numel() > 0) : Tensor();
   Tensor grad_theta = output_mask[1] ? zeros_acc(theta) : Tensor();
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());

@@ -10,7 +10,7 @@ too. It is used
 
   * where stn_cuda.set_deterministic(True) (or the stn_cuda.deterministic() context)
     asks for it, on any device (on the CPU, whose usual backward is deterministic
-    already, it runs the same algorithm as the GPU, for testing);
+    already, grad_input comes from the same gather as on the GPU, for testing);
   * on CUDA under torch.use_deterministic_algorithms(True), as torch's own ops do.
 
 It covers every input and mode the samplers take: images and volumes, 'bilinear',

@@ -119,6 +119,33 @@ def test_affine_sample_gradients(device, dims, mode, padding_mode, align_corners
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("dims, mode", VARIANTS)
+@pytest.mark.parametrize("go_layout", ["expanded", "channels_last"])
+def test_grad_output_layouts_and_output_masks(device, dims, mode, go_layout):
+    """grad_output as .sum().backward() gives it (expanded) or channels_last; either
+    gradient alone equals the same gradient of both."""
+    in_size, out_size = [(6, 7), (4, 5, 3)][dims - 2], [(5, 4), (3, 4, 2)][dims - 2]
+    input = torch.randn(2, 3, *in_size, dtype=torch.float64, device=device)
+    grid = uniform((2, *out_size, dims), device, -1.2, 1.2)
+    shape = (2, 3, *out_size)
+    if go_layout == "expanded":
+        go = torch.randn(1, dtype=torch.float64, device=device).expand(shape)
+    else:
+        layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+        go = torch.randn(shape, dtype=torch.float64, device=device).to(memory_format=layout)
+    ours = backward(go, input, grid, mode, "reflection", False, True)
+    usual = backward(go, input, grid, mode, "reflection", False, False)
+    for a, b in zip(ours, usual):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    for mask in ([True, False], [False, True]):
+        alone = ops.grid_sample_backward(go, input, grid, MODES[mode], PADDINGS["reflection"], False,
+                                         mask, True)
+        for wanted, a, b in zip(mask, alone, ours):
+            assert (a is not None) == wanted
+            if wanted:
+                assert torch.equal(a, b)
+
+
 def test_zoomed_affine_sample_many_points_per_cell(device):
     theta = torch.tensor([[[0.02, 0.01, 0.3], [-0.01, 0.03, 0.1]]], dtype=torch.float64, device=device)
     input = torch.randn(1, 5, 31, 37, dtype=torch.float64, device=device)

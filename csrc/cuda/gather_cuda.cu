@@ -26,12 +26,11 @@ entries_kernel(Source src, int64_t N, int64_t points, int64_t H_out, int64_t W_o
 }
 
 void entries(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef out_size,
-             const CellGrid& cells, const at::Tensor& keys, const at::Tensor& weights,
-             Sampling sampling) {
+             const CellGrid& cells, EntryShape shape, const at::Tensor& keys,
+             const at::Tensor& weights, Sampling sampling) {
   with_point_source(source, input, out_size, sampling.align_corners, [&](auto s, const auto& src) {
     using acc_t = at::opmath_type<decltype(s)>;
-    const EntryStore<acc_t> store{keys.data_ptr<int64_t>(), weights.data_ptr<acc_t>(),
-                                  entry_shape(sampling.interpolation, input.dim() - 2)};
+    const EntryStore<acc_t> store{keys.data_ptr<int64_t>(), weights.data_ptr<acc_t>(), shape};
     const int64_t N = source.size(0), points = c10::multiply_integers(out_size);
     const auto plan = plan_launch(N, 1, points);
     entries_kernel<acc_t><<<plan.grid, plan.block, 0, current_stream()>>>(

@@ -45,8 +45,12 @@ inline LaunchPlan plan_launch(int64_t N, int64_t C, int64_t points) {
 // keeps each point's channels in one thread, so that its gradient is summed in
 // a fixed order, without atomics.
 inline LaunchPlan plan_backward(const at::Tensor& grad_output, bool deterministic) {
-  return plan_launch(grad_output.size(0), deterministic ? 1 : grad_output.size(1),
-                     c10::multiply_integers(grad_output.sizes().slice(2)));
+  const int64_t C = grad_output.size(1);
+  LaunchPlan plan = plan_launch(grad_output.size(0), deterministic ? 1 : C,
+                                c10::multiply_integers(grad_output.sizes().slice(2)));
+  if (deterministic) plan.channels_per_thread = std::max<int64_t>(C, 1);
+  TORCH_INTERNAL_ASSERT(plan.grid.y * plan.channels_per_thread >= C);
+  return plan;
 }
 
 // The most output points per batch element indexed in 32 bits: the loops'
@@ -192,6 +196,7 @@ void with_theta_sink(Sink sink, const at::Tensor& grad_theta, const LaunchPlan& 
                      bool deterministic, Launch&& launch) {
   at::Tensor partials;
   if (deterministic && grad_theta.defined()) {
+    TORCH_INTERNAL_ASSERT(plan.grid.y == 1);  // a row of partials per (n, block): one group
     partials = block_partials(grad_theta, plan);
     sink.partials = static_cast<decltype(sink.partials)>(partials.data_ptr());
   }
