@@ -5,8 +5,8 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
-#include <vector>
 
 #include "gather.h"
 
@@ -20,29 +20,38 @@ const GatherKernels& gather_kernels_for(const at::Tensor& t) {
   return cpu_gather_kernels();
 }
 
-// The most keys one sort takes: CUDA's sort (cub's) takes at most INT_MAX.
-constexpr int64_t kMaxSortedAtOnce = std::numeric_limits<int32_t>::max();
+// The most keys one sort takes: CUDA's (cub's) at most INT_MAX; for tests,
+// STN_CUDA_MAX_SORTED in the environment sets a smaller limit on any device.
+int64_t max_sorted_at_once(const at::Tensor& keys) {
+  static const int64_t for_tests = [] {
+    const char* v = std::getenv("STN_CUDA_MAX_SORTED");
+    return v != nullptr && v[0] != '\0' ? std::atoll(v) : int64_t(0);
+  }();
+  if (for_tests > 0) return for_tests;
+  return keys.is_cuda() ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int64_t>::max();
+}
 
 // The keys (E,) of N batch elements, sorted stably, and their entries in that
 // order. A batch element's entries are a contiguous block whose keys are its
-// own (CellGrid), so blocks of whole batch elements sort on their own.
-std::tuple<at::Tensor, at::Tensor> sort_entries(const at::Tensor& keys, int64_t N,
-                                                int64_t max_at_once = kMaxSortedAtOnce) {
-  const int64_t per_n = keys.numel() / N;
+// own (CellGrid), so blocks of whole batch elements sort on their own, each
+// into its slice of the results.
+std::tuple<at::Tensor, at::Tensor> sort_entries(const at::Tensor& keys, int64_t N) {
+  const int64_t per_n = keys.numel() / N, max_at_once = max_sorted_at_once(keys);
   TORCH_CHECK_VALUE(per_n <= max_at_once, "stn_cuda: the deterministic backward sorts at most ",
                     max_at_once, " entries (output points, times 16 for bicubic) per batch "
-                    "element, got ", per_n);
+                    "element on this device, got ", per_n);
   const int64_t block = max_at_once / per_n;  // batch elements per sort
   if (block >= N) return at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  std::vector<at::Tensor> sorted, order;
+  at::Tensor sorted = at::empty_like(keys), order = at::empty_like(keys);
   for (int64_t n = 0; n < N; n += block) {
-    const int64_t first = n * per_n;
-    auto [s, o] = at::sort(keys.narrow(0, first, std::min(block, N - n) * per_n),
-                           /*stable=*/true, /*dim=*/0, /*descending=*/false);
-    sorted.push_back(s);
-    order.push_back(o + first);
+    const int64_t first = n * per_n, length = std::min(block, N - n) * per_n;
+    at::Tensor sorted_part = sorted.narrow(0, first, length);
+    at::Tensor order_part = order.narrow(0, first, length);
+    at::sort_out(sorted_part, order_part, keys.narrow(0, first, length),
+                 /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    order_part.add_(first);
   }
-  return {at::cat(sorted), at::cat(order)};
+  return {sorted, order};
 }
 
 }  // namespace

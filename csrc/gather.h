@@ -69,8 +69,8 @@ CellRuns<acc_t> cell_runs_of(const at::Tensor& starts, const at::Tensor& order,
           cells, shape, grad_output.size(2)};
 }
 
-// grad_input (zeroed, laid out as input) of grid_sample's (source: grid) or
-// affine_sample's (source: theta) backward, gathered.
+// grad_input (laid out as input) of grid_sample's (source: grid) or
+// affine_sample's (source: theta) backward, every element written here.
 void gather_grad_input(const at::Tensor& grad_output, const at::Tensor& input,
                        const at::Tensor& source, const at::Tensor& grad_input, Sampling sampling);
 

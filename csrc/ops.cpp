@@ -167,10 +167,17 @@ Tensor zeros_acc(const Tensor& like) {
   return at::zeros_like(like, like.options().dtype(acc_type(like)), like.suggest_memory_format());
 }
 
+// Whether the backward's grad_input comes from the deterministic gather
+// (run_backward), which writes every element, rather than from kernels that
+// add into it.
+bool gathers_grad_input(const Tensor& grad_output, bool deterministic) {
+  return deterministic && grad_output.numel() > 0;
+}
+
 // grad_input's buffer: zeroed for the kernels that add into it, or, where the
-// deterministic backward's gather writes every element, as empty_output.
-Tensor grad_input_buffer(const Tensor& in, bool gathered) {
-  if (!gathered) return zeros_acc(in);
+// gather writes every element, as empty_output.
+Tensor grad_input_buffer(const Tensor& in, const Tensor& grad_output, bool deterministic) {
+  if (!gathers_grad_input(grad_output, deterministic)) return zeros_acc(in);
   return poisoned(at::empty_like(in, in.options().dtype(acc_type(in)), in.suggest_memory_format()));
 }
 
@@ -200,7 +207,10 @@ void run_backward(decltype(Kernels::grid_sample_backward) backward, const Tensor
   if (!deterministic) {
     return backward(grad_output, input, source, grad_input, grad_source, sampling, false);
   }
-  if (grad_input.defined()) gather_grad_input(grad_output, input, source, grad_input, sampling);
+  if (grad_input.defined()) {
+    TORCH_INTERNAL_ASSERT(gathers_grad_input(grad_output, deterministic));  // its buffer's rule
+    gather_grad_input(grad_output, input, source, grad_input, sampling);
+  }
   if (grad_source.defined()) {
     backward(grad_output, input, source, Tensor(), grad_source, sampling, true);
   }
@@ -234,8 +244,7 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
   const int64_t dims = spatial_dims(input);
   check_grad_output(op, grad_output, input, grid.sizes().slice(1, dims));
   const Tensor in = dense(input);
-  Tensor grad_input =
-      output_mask[0] ? grad_input_buffer(in, deterministic && grad_output.numel() > 0) : Tensor();
+  Tensor grad_input = output_mask[0] ? grad_input_buffer(in, grad_output, deterministic) : Tensor();
   Tensor grad_grid =
       output_mask[1] ? empty_output(grid.sizes(), grid.options().dtype(acc_type(grid))) : Tensor();
   if (grad_output.numel() > 0) {
@@ -331,8 +340,7 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
                     ": expected grad_output to be ", input.dim(), "-D like input");
   check_grad_output(op, grad_output, input, grad_output.sizes().slice(2));
   const Tensor in = dense(input);
-  Tensor grad_input =
-      output_mask[0] ? grad_input_buffer(in, deterministic && grad_output.numel() > 0) : Tensor();
+  Tensor grad_input = output_mask[0] ? grad_input_buffer(in, grad_output, deterministic) : Tensor();
   Tensor grad_theta = output_mask[1] ? zeros_acc(theta) : Tensor();
   if (grad_output.numel() > 0) {
     c10::DeviceGuard guard(input.device());

@@ -14,7 +14,8 @@ too. It is used
   * on CUDA under torch.use_deterministic_algorithms(True), as torch's own ops do.
 
 It covers every input and mode the samplers take: images and volumes, 'bilinear',
-'nearest' and 'bicubic', every padding mode.
+'nearest' and 'bicubic', every padding mode; on CUDA, up to 2^31 - 1 output points per
+batch element (a sort's limit; a sixteenth of that for 'bicubic').
 """
 import contextlib
 

@@ -3,6 +3,9 @@ gradients as torch and as the usual backward, bitwise the same run after run, se
 by stn_cuda.set_deterministic / deterministic() or, on CUDA, by
 torch.use_deterministic_algorithms; images and volumes, every mode."""
 import contextlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -144,6 +147,59 @@ def test_grad_output_layouts_and_output_masks(device, dims, mode, go_layout):
             assert (a is not None) == wanted
             if wanted:
                 assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dims, mode", VARIANTS)
+@pytest.mark.parametrize("empty", ["N=0", "C=0", "no points"])
+def test_empty(device, dims, mode, empty):
+    """Nothing to gather: grad_input is all zeros, as the usual backward's."""
+    n, c = (0 if empty == "N=0" else 2), (0 if empty == "C=0" else 3)
+    in_size, out_size = [(4, 5), (3, 4, 2)][dims - 2], [(3, 2), (2, 3, 2)][dims - 2]
+    out_size = (0, *out_size[1:]) if empty == "no points" else out_size
+    input = torch.randn(n, c, *in_size, dtype=torch.float64, device=device)
+    grid = uniform((n, *out_size, dims), device, -1, 1)
+    go = torch.randn(n, c, *out_size, dtype=torch.float64, device=device)
+    for a, b in zip(backward(go, input, grid, mode, "border", True, True),
+                    backward(go, input, grid, mode, "border", True, False)):
+        assert torch.equal(a, b) and not a.any()
+
+
+SORT_IN_BLOCKS = """
+import sys
+import torch
+from stn_cuda._ops import ops
+results = []
+for case in torch.load(sys.argv[1]):
+    try:
+        results.append(ops.grid_sample_backward(*case, [True, True], True))
+    except ValueError as error:
+        results.append(str(error))
+torch.save(results, sys.argv[2])
+"""
+
+
+def test_sorting_in_blocks_of_batch_elements(device, tmp_path):
+    """CUDA sorts at most INT_MAX keys at once, so the entries are sorted in blocks of whole
+    batch elements (csrc/gather.cpp). STN_CUDA_MAX_SORTED lowers the limit to 40 keys in a
+    fresh process: blocks of two batch elements of 20 (an image) or 18 (a volume) entries
+    give the same bits as one sort; 320 (bicubic's 16 a point) are refused."""
+    cases = []
+    for dims, mode, out_size in ((2, 0, (5, 4)), (3, 1, (3, 3, 2)), (2, 2, (5, 4))):
+        in_size = [(6, 7), (4, 5, 3)][dims - 2]
+        cases.append((torch.randn(3, 2, *out_size, dtype=torch.float64, device=device),
+                      torch.randn(3, 2, *in_size, dtype=torch.float64, device=device),
+                      uniform((3, *out_size, dims), device, -1.2, 1.2), mode, 1, False))
+    torch.save(cases, tmp_path / "cases.pt")
+    env = {**os.environ, "STN_CUDA_MAX_SORTED": "40"}
+    run = subprocess.run([sys.executable, "-c", SORT_IN_BLOCKS, str(tmp_path / "cases.pt"),
+                          str(tmp_path / "results.pt")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    *in_blocks, refused = torch.load(tmp_path / "results.pt")
+    for case, got in zip(cases, in_blocks):
+        for a, b in zip(got, ops.grid_sample_backward(*case, [True, True], True)):
+            assert torch.equal(a, b)
+    assert "sorts at most 40 entries" in refused and "got 320" in refused
 
 
 def test_zoomed_affine_sample_many_points_per_cell(device):
