@@ -202,6 +202,21 @@ def test_sorting_in_blocks_of_batch_elements(device, tmp_path):
     assert "sorts at most 40 entries" in refused and "got 320" in refused
 
 
+@pytest.mark.parametrize("dims, mode", VARIANTS)
+def test_channels_split_across_threads(device, dims, mode):
+    """Enough pixels that the CUDA gather gives each thread several channels (2^18 threads
+    in all: 2 x 256 x 256 pixels, 8 channels, 4 a thread)."""
+    in_size = [(256, 256), (64, 64, 64)][dims - 2]
+    out_size = [(96, 80), (24, 20, 16)][dims - 2]
+    input = torch.randn(2, 8, *in_size, dtype=torch.float64, device=device)
+    grid = uniform((2, *out_size, dims), device, -1.1, 1.1)
+    go = torch.randn(2, 8, *out_size, dtype=torch.float64, device=device)
+    ours = backward(go, input, grid, mode, "zeros", False, True)
+    usual = backward(go, input, grid, mode, "zeros", False, False)
+    for a, b in zip(ours, usual):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
 def test_zoomed_affine_sample_many_points_per_cell(device):
     theta = torch.tensor([[[0.02, 0.01, 0.3], [-0.01, 0.03, 0.1]]], dtype=torch.float64, device=device)
     input = torch.randn(1, 5, 31, 37, dtype=torch.float64, device=device)
