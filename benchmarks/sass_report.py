@@ -63,13 +63,24 @@ def kernels(obj, ptxas_log):
         if m:
             current = m.group(1)
             counts[current] = 0
-        elif current and re.match(r"\s+/\*[0-9a-f]{4}\*/", line):
+        elif current and re.match(r"\s+/\*[0-9a-f]{4,}\*/", line):  # offsets pass 0xffff
             counts[current] += 1
     names = subprocess.run(["c++filt"], input="\n".join(counts), capture_output=True, text=True).stdout.split("\n")
     for (mangled, n), name in zip(counts.items(), names):
         name = name.replace("stn::(anonymous namespace)::", "").replace("stn::", "").replace("void ", "")
         regs, spills = usage.get(mangled, (None, None))
-        yield name.split("(")[0], n, regs, spills
+        yield _without_parameters(name), n, regs, spills
+
+
+def _without_parameters(name):
+    """A kernel's demangled name without its parameter list: up to the first "(" outside
+    the template arguments (which hold some, as in "(Scatter)1")."""
+    depth = 0
+    for i, char in enumerate(name):
+        depth += {"<": 1, ">": -1}.get(char, 0)
+        if char == "(" and depth == 0:
+            return name[:i]
+    return name
 
 
 def main():
