@@ -7,9 +7,11 @@
            stn_cuda.affine_sample (candidate, fused), F.affine_grid + F.grid_sample
            (reference) and kornia's warp_affine (when kornia is installed)
 
-Each family also times stn_cuda's deterministic backward (a variant: checked as strictly
-as the candidate, timed in the backward directions only, its forward being the
-candidate's), so that its cost against the atomic backward comes from the same run.
+Each family also times stn_cuda's other backward paths, as variants (checked as strictly
+as the candidate, timed in the backward directions only, their forward being the
+candidate's), so that their cost against the default backward comes from the same run:
+the deterministic backward, and on CUDA the warp-aggregated scatter
+(stn_cuda.set_scatter('warp')).
 
 Speedups are taken against the family's reference and against the fastest torch
 implementation of the family. torch's native kernel is called as
@@ -64,6 +66,7 @@ class Impl:
     unavailable: Callable[[Case], Optional[str]] = _no_reason  # why it cannot run on a case
     geometry_of: Optional[Callable[[Case], torch.Tensor]] = None  # default: the family's
     deterministic: bool = False  # stn_cuda's backward runs its deterministic path
+    scatter: Optional[str] = None  # stn_cuda's backward scatters so (set_scatter), not by default
     directions: Tuple[str, ...] = DIRECTIONS  # those it is timed in
 
     @property
@@ -75,9 +78,14 @@ class Impl:
         return self.role in (REFERENCE, TORCH)
 
     def backward_context(self):
-        """The context its gradients are taken in: stn_cuda reads the flag when the
+        """The context its gradients are taken in: stn_cuda reads its settings when the
         backward runs."""
-        return stn_cuda.deterministic() if self.deterministic else contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        if self.deterministic:
+            stack.enter_context(stn_cuda.deterministic())
+        if self.scatter is not None:
+            stack.enter_context(stn_cuda.use_scatter(self.scatter))
+        return stack
 
     def sampling(self, case: Case) -> Sampling:
         return self.fixed_sampling or case.sampling
@@ -158,18 +166,26 @@ def _kornia_unavailable(case: Case) -> Optional[str]:
     return "kornia not installed" if kornia_transform is None else None
 
 
+def _cuda_only(case: Case) -> Optional[str]:
+    return "CUDA only" if case.device.type != "cuda" else None
+
+
 _BACKWARD = tuple(d for d in DIRECTIONS if d != "forward")
 
 IMPLS = (
     Impl("stn_cuda.grid_sample", SAMPLER, CANDIDATE, _stn_grid_sample),
     Impl("stn_cuda.grid_sample deterministic", SAMPLER, VARIANT, _stn_grid_sample,
          deterministic=True, directions=_BACKWARD),
+    Impl("stn_cuda.grid_sample warp scatter", SAMPLER, VARIANT, _stn_grid_sample,
+         scatter="warp", directions=_BACKWARD, unavailable=_cuda_only),
     Impl("torch.grid_sampler_2d", SAMPLER, REFERENCE, torch_native),
     Impl("torch.cudnn_grid_sampler", SAMPLER, TORCH, _torch_cudnn,
          fixed_sampling=Sampling("zeros", True), unavailable=_cudnn_unavailable),
     Impl("stn_cuda.affine_sample", AFFINE, CANDIDATE, _stn_affine_sample),
     Impl("stn_cuda.affine_sample deterministic", AFFINE, VARIANT, _stn_affine_sample,
          deterministic=True, directions=_BACKWARD),
+    Impl("stn_cuda.affine_sample warp scatter", AFFINE, VARIANT, _stn_affine_sample,
+         scatter="warp", directions=_BACKWARD, unavailable=_cuda_only),
     Impl("F.affine_grid+F.grid_sample", AFFINE, REFERENCE, torch_composition),
     Impl("kornia.warp_affine", AFFINE, OTHER, _kornia_warp_affine,
          unavailable=_kornia_unavailable, geometry_of=_kornia_matrix),

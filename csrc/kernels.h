@@ -20,6 +20,17 @@
 
 namespace stn {
 
+// How the CUDA backward of images adds into grad_input, a setting for speed
+// alone (stn_cuda.set_scatter): the sums agree to rounding, and the order of
+// atomic adds varies from run to run either way. The CPU has no atomics and
+// ignores it.
+//   Atomic    one atomic add per point, corner and channel, as torch's kernel
+//   WarpRuns  the lanes of a warp whose points share a corner sum their values
+//             first, and one of them adds the sum (cuda/scatter.cuh); bilinear
+//             and nearest (bicubic stays Atomic)
+enum class Scatter : int { Atomic = 0, WarpRuns = 1 };
+Scatter scatter_setting();
+
 struct Kernels {
   void (*grid_sample_forward)(const at::Tensor& input, const at::Tensor& grid,
                               const at::Tensor& output, Sampling sampling);

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 
@@ -383,13 +384,45 @@ TORCH_LIBRARY_IMPL(stn_cuda, CPU, m) { STN_REGISTER_IMPLS(m); }
 TORCH_LIBRARY_IMPL(stn_cuda, CUDA, m) { STN_REGISTER_IMPLS(m); }
 #endif
 
+namespace {
+std::atomic<int> scatter_code{static_cast<int>(Scatter::Atomic)};
+}  // namespace
+
+Scatter scatter_setting() { return static_cast<Scatter>(scatter_code.load(std::memory_order_relaxed)); }
+
 }  // namespace stn
 
+namespace {
+
+// _C.set_scatter(code) and _C.scatter(): the Scatter setting's code (kernels.h),
+// for stn_cuda.set_scatter and get_scatter.
+PyObject* set_scatter(PyObject*, PyObject* arg) {
+  const long code = PyLong_AsLong(arg);
+  if (code == -1 && PyErr_Occurred()) return nullptr;
+  if (code != static_cast<long>(stn::Scatter::Atomic) && code != static_cast<long>(stn::Scatter::WarpRuns)) {
+    PyErr_Format(PyExc_ValueError, "stn_cuda._C.set_scatter(): expected a Scatter code, 0 or 1, got %ld",
+                 code);
+    return nullptr;
+  }
+  stn::scatter_code.store(static_cast<int>(code), std::memory_order_relaxed);
+  Py_RETURN_NONE;
+}
+
+PyObject* scatter(PyObject*, PyObject*) { return PyLong_FromLong(stn::scatter_code.load()); }
+
+PyMethodDef methods[] = {
+    {"set_scatter", set_scatter, METH_O, "Set the CUDA backward's Scatter setting (its code)."},
+    {"scatter", scatter, METH_NOARGS, "The CUDA backward's Scatter setting (its code)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 // A plain Python module: importing stn_cuda._C loads the library, whose static
-// initialisers register the ops above. It also says whether CUDA kernels are in.
+// initialisers register the ops above. It also says whether CUDA kernels are
+// in, and holds the Scatter setting.
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C",
-                               "stn_cuda's compiled operators (torch.ops.stn_cuda)", -1, nullptr};
+                               "stn_cuda's compiled operators (torch.ops.stn_cuda)", -1, methods};
   PyObject* m = PyModule_Create(&module);
   if (m == nullptr) return nullptr;
 #ifdef STN_WITH_CUDA

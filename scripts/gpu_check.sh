@@ -3,7 +3,8 @@
 # whose CUDA toolkit is in /usr/local/cuda (no network needed; torch is never
 # installed or replaced): versions, build, the CUDA tests, the benchmark suite,
 # compute-sanitizer (memcheck, racecheck, initcheck) over a subset of the tests and
-# the peak-memory comparison, in that order of priority.
+# the peak-memory comparison, in that order of priority; synccheck over the warp
+# scatter's tests (its shuffles and ballots name their lanes by mask) last.
 #
 # It is sized for one command of a lent machine (10 minutes at most, 15 minutes of
 # device time a session): every step runs whatever happened to the others, within
@@ -26,10 +27,10 @@ export OUT=${OUT:-$PWD/gpu-out} PY=${PYTHON:-python3} PYTHONUNBUFFERED=1
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export FORCE_CUDA=1 PATH="$CUDA_HOME/bin:$PATH" MAX_JOBS=${MAX_JOBS:-$(nproc)}
 # Tests that reach every kernel with odd shapes, strides, far and non-finite points:
-# where an out-of-bounds access or an uninitialised read would be (about 480 tests;
+# where an out-of-bounds access or an uninitialised read would be (about 540 tests;
 # files in order of priority, since a sanitizer step may run out of time first).
-export SANITIZED="cuda and (test_matches_torch or test_memory_layouts or test_non_finite or test_empty or test_affine_sample_matches_composition or test_affine_grid_matches_torch or test_cuda_streams or (test_grid_sample_gradients and (odd or special)))"
-export SANITIZED_FILES="tests/test_grid_sample.py tests/test_volume.py tests/test_deterministic.py tests/test_affine.py tests/test_concurrency.py"
+export SANITIZED="cuda and (test_matches_torch or test_memory_layouts or test_non_finite or test_empty or test_affine_sample_matches_composition or test_affine_grid_matches_torch or test_cuda_streams or (test_grid_sample_gradients and (odd or special)) or warp_scatter_matches_torch or warp_scatter_bad_points)"
+export SANITIZED_FILES="tests/test_grid_sample.py tests/test_scatter.py tests/test_volume.py tests/test_deterministic.py tests/test_affine.py tests/test_concurrency.py"
 BUDGET_S=${BUDGET_S:-540}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"
@@ -47,15 +48,15 @@ print("GPU", torch.cuda.get_device_name() if torch.cuda.is_available() else None
   compute-sanitizer --version | head -n 2
 }
 
-sanitize() {  # sanitize TOOL: the SANITIZED tests under compute-sanitizer --tool TOOL
+sanitize() {  # sanitize TOOL [FILES [EXPR]]: the tests under compute-sanitizer --tool TOOL
   # Without the caching allocator every tensor is its own allocation, so memcheck sees
   # an access past a tensor's end.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 STN_HYPOTHESIS_PROFILE=quick compute-sanitizer --tool "$1" \
-    --error-exitcode 99 "$PY" -m pytest -q -p no:cacheprovider $SANITIZED_FILES -k "$SANITIZED"
+    --error-exitcode 99 "$PY" -m pytest -q -p no:cacheprovider ${2:-$SANITIZED_FILES} -k "${3:-$SANITIZED}"
 }
 export -f versions sanitize
 
-STEPS=${STEPS:-versions build tests bench memcheck memory racecheck initcheck}
+STEPS=${STEPS:-versions build tests bench memcheck memory racecheck initcheck synccheck}
 
 step() {  # step NAME LIMIT_S COMMAND...: COMMAND (a program or a function above)
   local name=$1 limit=$2 start=$SECONDS rc=0 log="$OUT/.$1.log"
@@ -85,6 +86,7 @@ step memcheck 90 sanitize memcheck
 step memory 30 "$PY" -m benchmarks.memory --out "$OUT/memory.json"
 step racecheck 60 sanitize racecheck
 step initcheck 60 sanitize initcheck
+step synccheck 45 sanitize synccheck tests/test_scatter.py "cuda and (matches_torch or bad_points or zoomed_in)"
 echo "== summary ($OUT/summary.txt)"
 cat "$OUT/summary.txt"
 exit $status

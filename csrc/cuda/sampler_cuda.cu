@@ -5,14 +5,16 @@
 // along y and batch elements along z. Splitting channels across threads keeps
 // the GPU busy when there are few points and many channels (torch loops over
 // every channel inside one thread). grad_input is scattered with atomic adds
-// into an accumulation-type buffer; grad_theta is reduced per block, then added
-// once per block and batch element.
+// into an accumulation-type buffer (Scatter::WarpRuns: summed over the lanes of
+// a warp that share a corner first, scatter.cuh); grad_theta is reduced per
+// block, then added once per block and batch element.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 
 #include "../kernels.h"
 #include "launch.cuh"
+#include "scatter.cuh"
 
 namespace stn {
 namespace {
@@ -66,11 +68,15 @@ sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
   }
 }
 
-template <bool kBicubic, typename index_t, typename scalar_t, typename Source, typename Sink>
+// kScatter: how grad_input is added into (Scatter in kernels.h). WarpRuns runs
+// the loop over points by whole warps (scatter.cuh); bicubic has Atomic alone.
+template <bool kBicubic, Scatter kScatter, typename index_t, typename scalar_t, typename Source,
+          typename Sink>
 __global__ void __launch_bounds__(kMaxThreads)
 sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
                        Image<at::opmath_type<scalar_t>> grad_in, Source src, Sink sink,
                        bool need_grid_grad, int64_t channels_per_thread, Sampling sampling) {
+  static_assert(!kBicubic || kScatter == Scatter::Atomic, "bicubic scatters atomically");
   using acc_t = at::opmath_type<scalar_t>;
   const bool need_input_grad = grad_in.data != nullptr;
   // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
@@ -82,40 +88,62 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
   const auto plane = in.template plane_shape<index_t>();
   const index_t W_out = static_cast<index_t>(grad_out.W);
   const index_t points = static_cast<index_t>(grad_out.H * grad_out.W);
-  STN_FOR_EACH_N(grad_out.N) {
-    STN_FOR_EACH_POINT(points) {
-      const index_t h = p / W_out, w = p - h * W_out;
-      const auto pt = src.template point<acc_t>(n, h, w);
-      // The backward of the point, channel by channel: `channel` scatters into
-      // grad_input and accumulates d loss / d pixel, which the sink gets scaled
-      // by d pixel / d coordinate.
-      auto point_backward = [&](Point2<acc_t> d_pixel, auto&& channel) {
-        Point2<acc_t> g{acc_t(0), acc_t(0)};
-        for (int64_t c = c0; c < c1; ++c) {
-          acc_t* grad_in_plane = need_input_grad ? grad_in.plane(n, c) : nullptr;
-          auto add = [&](index_t offset, acc_t v) { atomicAdd(grad_in_plane + offset, v); };
-          const acc_t go = static_cast<acc_t>(grad_out.plane(n, c)[grad_out.offset(h, w)]);
-          channel(in.plane(n, c), go, add, g);
-        }
-        if (need_grid_grad) sink.add(n, h, w, {g.x * d_pixel.x, g.y * d_pixel.y});
-      };
-      if constexpr (kBicubic) {
-        const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, sampling.padding,
-                                              sampling.align_corners);
-        point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t go, auto& add,
+  auto atomic_add_into = [](acc_t* grad_in_plane) {
+    return [grad_in_plane](index_t offset, acc_t v) { atomicAdd(grad_in_plane + offset, v); };
+  };
+  // The backward of point p of batch element n (`lanes`: the warp's lanes
+  // that run it together, for WarpRuns).
+  auto backward_at = [&](int64_t n, index_t p, unsigned lanes) {
+    const index_t h = p / W_out, w = p - h * W_out;
+    const auto pt = src.template point<acc_t>(n, h, w);
+    // The point's backward, channel by channel: `channel` scatters into
+    // grad_input's plane (null where it is not wanted) and accumulates
+    // d loss / d pixel, which the sink gets scaled by d pixel / d coordinate.
+    auto point_backward = [&](Point2<acc_t> d_pixel, auto&& channel) {
+      Point2<acc_t> g{acc_t(0), acc_t(0)};
+      for (int64_t c = c0; c < c1; ++c) {
+        acc_t* grad_in_plane = need_input_grad ? grad_in.plane(n, c) : nullptr;
+        const acc_t go = static_cast<acc_t>(grad_out.plane(n, c)[grad_out.offset(h, w)]);
+        channel(in.plane(n, c), grad_in_plane, go, g);
+      }
+      if (need_grid_grad) sink.add(n, h, w, {g.x * d_pixel.x, g.y * d_pixel.y});
+    };
+    if constexpr (kBicubic) {
+      const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, sampling.padding,
+                                            sampling.align_corners);
+      point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t* grad_in_plane, acc_t go,
+                                       Point2<acc_t>& g) {
+        bicubic_backward(data, go, b, need_input_grad, grid_grad_nonzero,
+                         atomic_add_into(grad_in_plane), g);
+      });
+    } else {
+      const auto b = bilinear_point<index_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
+                                             sampling.align_corners);
+      const auto corner = corners(b, plane, sampling.interpolation);
+      if constexpr (kScatter == Scatter::WarpRuns) {
+        // need_input_grad is the same for the whole launch: every lane of
+        // `lanes` calls scatter.add as often, or none does.
+        const WarpScatter<acc_t, index_t> scatter(lanes, corner, plane, sampling.interpolation);
+        point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t* grad_in_plane, acc_t go,
                                          Point2<acc_t>& g) {
-          bicubic_backward(data, go, b, need_input_grad, grid_grad_nonzero, add, g);
+          if (need_input_grad) scatter.add(grad_in_plane, go, corner, plane);
+          interpolate_backward(data, go, corner, b, plane, /*need_input_grad=*/false,
+                               grid_grad_nonzero, [](index_t, acc_t) {}, g);
         });
       } else {
-        const auto b = bilinear_point<index_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
-                                               sampling.align_corners);
-        const auto corner = corners(b, plane, sampling.interpolation);
-        point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t go, auto& add,
+        point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t* grad_in_plane, acc_t go,
                                          Point2<acc_t>& g) {
           interpolate_backward(data, go, corner, b, plane, need_input_grad, grid_grad_nonzero,
-                               add, g);
+                               atomic_add_into(grad_in_plane), g);
         });
       }
+    }
+  };
+  STN_FOR_EACH_N(grad_out.N) {
+    if constexpr (kScatter == Scatter::WarpRuns) {
+      STN_FOR_EACH_WARP_POINT(points, lanes) backward_at(n, p, lanes);
+    } else {
+      STN_FOR_EACH_POINT(points) backward_at(n, p, 0xffffffffu);
     }
     if (need_grid_grad) sink.finish(n);
   }
@@ -174,11 +202,17 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
                      const LaunchPlan& plan, const Sink& sink) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto in = image_of<const scalar_t>(input);
+  // Only grad_input is scattered: without it (the deterministic path's grid or
+  // theta gradient alone), Atomic.
+  const bool warp_runs = grad_input.defined() && scatter_setting() == Scatter::WarpRuns;
+  TORCH_INTERNAL_ASSERT(!warp_runs || plan.block.x % 32 == 0);  // whole warps: scatter.cuh
   with_point_index_type(in, grad_output.size(2) * grad_output.size(3), [&](auto index) {
     using index_t = decltype(index);
-    const auto kernel = sampling.interpolation == Interpolation::Bicubic
-                            ? sample_backward_kernel<true, index_t, scalar_t, Source, Sink>
-                            : sample_backward_kernel<false, index_t, scalar_t, Source, Sink>;
+    const auto kernel =
+        sampling.interpolation == Interpolation::Bicubic
+            ? sample_backward_kernel<true, Scatter::Atomic, index_t, scalar_t, Source, Sink>
+        : warp_runs ? sample_backward_kernel<false, Scatter::WarpRuns, index_t, scalar_t, Source, Sink>
+                    : sample_backward_kernel<false, Scatter::Atomic, index_t, scalar_t, Source, Sink>;
     kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
         image_of<const scalar_t>(grad_output), in,
         grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
