@@ -170,7 +170,7 @@ def _strict(impl: Impl, case: Case) -> Check:
     slack = boundary_slack(sample, input, coords, grad_output, case)
 
     output, grad_input, grad_geometry = _value_and_grads(
-        lambda x, g: impl(case, x, g), case.input, impl.geometry(case), grad_output.to(case.dtype))
+        lambda x, g: impl(case, x, g), impl.input(case), impl.geometry(case), grad_output.to(case.dtype))
     compare("output", output, ref_output)
     compare("grad_input", grad_input, ref_grad_input)
     if impl.family == SAMPLER:
@@ -212,5 +212,5 @@ def check(impl: Impl, case: Case) -> Check:
         return Check(IS_REFERENCE)
     if not impl.is_stn_cuda:
         return _sanity(impl, case)
-    with impl.backward_context():
+    with impl.context():
         return _strict(impl, case)

@@ -7,11 +7,13 @@
            stn_cuda.affine_sample (candidate, fused), F.affine_grid + F.grid_sample
            (reference) and kornia's warp_affine (when kornia is installed)
 
-Each family also times stn_cuda's other backward paths, as variants (checked as strictly
-as the candidate, timed in the backward directions only, their forward being the
-candidate's), so that their cost against the default backward comes from the same run:
-the deterministic backward, and on CUDA the warp-aggregated scatter
-(stn_cuda.set_scatter('warp')).
+Each family also times stn_cuda's other paths, as variants checked as strictly as the
+candidate, so that their cost against the default comes from the same run: the
+deterministic backward and, on CUDA, the warp-aggregated scatter
+(stn_cuda.set_tuning(scatter='warp')), both in the backward directions only (their
+forward is the candidate's); and for the sampler, on CUDA, a channels_last input with
+and without channel vectors (set_tuning(channel_vectors=True)), in every direction, on
+the workloads whose channels make whole 16-byte vectors.
 
 Speedups are taken against the family's reference and against the fastest torch
 implementation of the family. torch's native kernel is called as
@@ -66,7 +68,9 @@ class Impl:
     unavailable: Callable[[Case], Optional[str]] = _no_reason  # why it cannot run on a case
     geometry_of: Optional[Callable[[Case], torch.Tensor]] = None  # default: the family's
     deterministic: bool = False  # stn_cuda's backward runs its deterministic path
-    scatter: Optional[str] = None  # stn_cuda's backward scatters so (set_scatter), not by default
+    tuning: Tuple[Tuple[str, object], ...] = ()  # stn_cuda.set_tuning's settings, if not the defaults
+    channels_last: bool = False  # it gets the input in channels_last memory format
+    cuda_only: bool = False  # a path of the CUDA kernels alone
     directions: Tuple[str, ...] = DIRECTIONS  # those it is timed in
 
     @property
@@ -77,15 +81,19 @@ class Impl:
     def is_torch(self) -> bool:
         return self.role in (REFERENCE, TORCH)
 
-    def backward_context(self):
-        """The context its gradients are taken in: stn_cuda reads its settings when the
-        backward runs."""
+    def context(self):
+        """The context it runs in, forward and backward: stn_cuda reads its settings when
+        a kernel runs."""
         stack = contextlib.ExitStack()
         if self.deterministic:
             stack.enter_context(stn_cuda.deterministic())
-        if self.scatter is not None:
-            stack.enter_context(stn_cuda.use_scatter(self.scatter))
+        if self.tuning:
+            stack.enter_context(stn_cuda.use_tuning(**dict(self.tuning)))
         return stack
+
+    def input(self, case: Case) -> torch.Tensor:
+        """The input it gets: the case's, in its memory format."""
+        return case.input.contiguous(memory_format=torch.channels_last) if self.channels_last else case.input
 
     def sampling(self, case: Case) -> Sampling:
         return self.fixed_sampling or case.sampling
@@ -99,6 +107,8 @@ class Impl:
     def skip_reason(self, case: Case) -> Optional[str]:
         if self.family == AFFINE and case.theta is None:
             return "not an affine workload"
+        if self.cuda_only and case.device.type != "cuda":
+            return "CUDA only"
         return self.unavailable(case)
 
     def __call__(self, case: Case, input: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
@@ -166,8 +176,16 @@ def _kornia_unavailable(case: Case) -> Optional[str]:
     return "kornia not installed" if kornia_transform is None else None
 
 
-def _cuda_only(case: Case) -> Optional[str]:
-    return "CUDA only" if case.device.type != "cuda" else None
+def whole_vectors(channels: int, dtype: torch.dtype) -> bool:
+    """Whether a pixel's channels make whole 16-byte vectors, as stn_cuda's channel vectors
+    need (on any other input they fall back to the scalar kernels)."""
+    return channels * dtype.itemsize % 16 == 0
+
+
+def _not_in_vectors(case: Case) -> Optional[str]:
+    if whole_vectors(case.workload.channels, case.dtype):
+        return None
+    return "channels not in whole 16-byte vectors (the channels_last rows time channel vectors)"
 
 
 _BACKWARD = tuple(d for d in DIRECTIONS if d != "forward")
@@ -177,7 +195,12 @@ IMPLS = (
     Impl("stn_cuda.grid_sample deterministic", SAMPLER, VARIANT, _stn_grid_sample,
          deterministic=True, directions=_BACKWARD),
     Impl("stn_cuda.grid_sample warp scatter", SAMPLER, VARIANT, _stn_grid_sample,
-         scatter="warp", directions=_BACKWARD, unavailable=_cuda_only),
+         tuning=(("scatter", "warp"),), cuda_only=True, directions=_BACKWARD),
+    Impl("stn_cuda.grid_sample channels_last", SAMPLER, VARIANT, _stn_grid_sample,
+         channels_last=True, cuda_only=True, unavailable=_not_in_vectors),
+    Impl("stn_cuda.grid_sample channels_last vectors", SAMPLER, VARIANT, _stn_grid_sample,
+         channels_last=True, tuning=(("channel_vectors", True),), cuda_only=True,
+         unavailable=_not_in_vectors),
     Impl("torch.grid_sampler_2d", SAMPLER, REFERENCE, torch_native),
     Impl("torch.cudnn_grid_sampler", SAMPLER, TORCH, _torch_cudnn,
          fixed_sampling=Sampling("zeros", True), unavailable=_cudnn_unavailable),
@@ -185,7 +208,7 @@ IMPLS = (
     Impl("stn_cuda.affine_sample deterministic", AFFINE, VARIANT, _stn_affine_sample,
          deterministic=True, directions=_BACKWARD),
     Impl("stn_cuda.affine_sample warp scatter", AFFINE, VARIANT, _stn_affine_sample,
-         scatter="warp", directions=_BACKWARD, unavailable=_cuda_only),
+         tuning=(("scatter", "warp"),), cuda_only=True, directions=_BACKWARD),
     Impl("F.affine_grid+F.grid_sample", AFFINE, REFERENCE, torch_composition),
     Impl("kornia.warp_affine", AFFINE, OTHER, _kornia_warp_affine,
          unavailable=_kornia_unavailable, geometry_of=_kornia_matrix),

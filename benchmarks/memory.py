@@ -49,13 +49,15 @@ def measure(workload: Workload, dtype: torch.dtype, device=torch.device("cuda"))
     for impl in family(AFFINE):
         if impl.skip_reason(case):
             continue
-        leaves = (case.input.detach().requires_grad_(), impl.geometry(case).detach().requires_grad_())
+        leaves = (impl.input(case).detach().requires_grad_(), impl.geometry(case).detach().requires_grad_())
 
         def step():
             return impl(case, *leaves), lambda out: torch.autograd.grad(out, leaves, grad_output)
 
+        with impl.context():
+            memory = step_memory(step)
         results.append({"workload": workload.name, "shape": workload.shape, "dtype": dtype_name(dtype),
-                        "impl": impl.name, **step_memory(step)})
+                        "impl": impl.name, **memory})
     return results
 
 

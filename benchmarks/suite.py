@@ -11,33 +11,33 @@ from .workloads import DIRECTIONS, Case, dtype_name, min_bytes
 
 
 def timed_call(impl: Impl, case: Case, direction: str) -> Callable[[], object]:
-    """What is timed in one direction:
+    """What is timed in one direction, run in impl.context() (which the timer enters
+    outside the timed window: its `context` attribute):
       forward           the forward alone, under no_grad (inference)
       backward          torch.autograd.grad through a forward graph built once here
                         (retain_graph), for the gradients of input and geometry
       forward+backward  both, as a training step runs them
     """
-    input, geometry = case.input, impl.geometry(case)
+    input, geometry = impl.input(case), impl.geometry(case)
     if direction == "forward":
-        def forward():
+        def call():
             with torch.no_grad():
                 return impl(case, input, geometry)
-        return forward
-    leaves = (input.detach().requires_grad_(), geometry.detach().requires_grad_())
-    w = case.workload
-    grad_output = torch.randn(w.batch, w.channels, *w.out_size, dtype=case.dtype, device=case.device)
-    if direction == "backward":
-        output = impl(case, *leaves)
+    else:
+        leaves = (input.detach().requires_grad_(), geometry.detach().requires_grad_())
+        w = case.workload
+        grad_output = torch.randn(w.batch, w.channels, *w.out_size, dtype=case.dtype, device=case.device)
+        if direction == "backward":
+            with impl.context():
+                output = impl(case, *leaves)
 
-        def backward():
-            with impl.backward_context():
+            def call():
                 return torch.autograd.grad(output, leaves, grad_output, retain_graph=True)
-        return backward
-
-    def forward_backward():
-        with impl.backward_context():
-            return torch.autograd.grad(impl(case, *leaves), leaves, grad_output)
-    return forward_backward
+        else:
+            def call():
+                return torch.autograd.grad(impl(case, *leaves), leaves, grad_output)
+    call.context = impl.context
+    return call
 
 
 def check_all(case: Case) -> Tuple[Dict[str, checks.Check], Dict[str, str], List[str], List[str]]:

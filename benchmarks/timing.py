@@ -5,8 +5,11 @@ events) by a write of L2_FLUSH_BYTES, so that no implementation finds its inputs
 in the L2 cache left there by the previous repetition (the method of
 triton.testing.do_bench). On the CPU, time.perf_counter around each call.
 Callables compared together are interleaved, round by round, in an order that
-rotates each round, so that clock and thermal drift fall on all of them alike.
+rotates each round, so that clock and thermal drift fall on all of them alike. A
+callable with a `context` attribute (a context manager factory: stn_cuda's settings)
+runs in it, entered before and left after its timed window.
 """
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping
@@ -32,6 +35,11 @@ class Stats:
         return cls(float(median), float(p20), float(p80), len(samples))
 
 
+def in_context(fn):
+    """The context fn runs in when timed: fn.context() where fn has one."""
+    return getattr(fn, "context", contextlib.nullcontext)()
+
+
 class Timer:
     """Times callables on one device; make_timer picks the subclass."""
 
@@ -43,8 +51,9 @@ class Timer:
         """Stats of each callable over reps interleaved repetitions, after warm-up calls."""
         names = list(fns)
         for fn in fns.values():
-            for _ in range(self.warmup):
-                fn()
+            with in_context(fn):
+                for _ in range(self.warmup):
+                    fn()
         self.synchronize()
         pending = {name: [] for name in names}
         for r in range(reps):
@@ -67,9 +76,10 @@ class Timer:
 
 class CpuTimer(Timer):
     def _start(self, fn):
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        with in_context(fn):
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
 
     def _seconds(self, started) -> float:
         return started
@@ -84,11 +94,12 @@ class CudaTimer(Timer):
         torch.cuda.synchronize(self.device)
 
     def _start(self, fn):
-        self._flush.zero_()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
+        with in_context(fn):
+            self._flush.zero_()
+            start.record()
+            fn()
+            end.record()
         return start, end
 
     def _seconds(self, started) -> float:

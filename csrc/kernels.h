@@ -20,16 +20,26 @@
 
 namespace stn {
 
-// How the CUDA backward of images adds into grad_input, a setting for speed
-// alone (stn_cuda.set_scatter): the sums agree to rounding, and the order of
-// atomic adds varies from run to run either way. The CPU has no atomics and
-// ignores it.
+// Speed settings of the CUDA image kernels (stn_cuda.set_tuning): how they do
+// their work, which changes no result beyond rounding (the order of atomic
+// adds varies from run to run in every setting). Read at each launch; the CPU
+// ignores them.
+//
+// How the backward adds into grad_input (bilinear and nearest; bicubic and
+// channel vectors scatter by Atomic alone):
 //   Atomic    one atomic add per point, corner and channel, as torch's kernel
 //   WarpRuns  the lanes of a warp whose points share a corner sum their values
-//             first, and one of them adds the sum (cuda/scatter.cuh); bilinear
-//             and nearest (bicubic stays Atomic)
+//             first, and one of them adds the sum (cuda/scatter.cuh)
 enum class Scatter : int { Atomic = 0, WarpRuns = 1 };
-Scatter scatter_setting();
+
+struct Tuning {
+  Scatter scatter;
+  // Bilinear and nearest kernels on a channels_last input read 16 bytes of a
+  // pixel's channels per load and add into grad_input by vector atomics
+  // (cuda/vectors.cuh), where the input's layout allows.
+  bool channel_vectors;
+};
+Tuning tuning();
 
 struct Kernels {
   void (*grid_sample_forward)(const at::Tensor& input, const at::Tensor& grid,

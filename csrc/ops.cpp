@@ -385,41 +385,62 @@ TORCH_LIBRARY_IMPL(stn_cuda, CUDA, m) { STN_REGISTER_IMPLS(m); }
 #endif
 
 namespace {
-std::atomic<int> scatter_code{static_cast<int>(Scatter::Atomic)};
+// The Tuning in force, as one code per setting (tuning.py names them): each
+// below its kTuningChoices.
+enum TuningSetting : long { kScatter = 0, kChannelVectors = 1, kTuningSettings = 2 };
+constexpr long kTuningChoices[kTuningSettings] = {2, 2};
+std::atomic<int> tuning_codes[kTuningSettings] = {};
 }  // namespace
 
-Scatter scatter_setting() { return static_cast<Scatter>(scatter_code.load(std::memory_order_relaxed)); }
+Tuning tuning() {
+  return {static_cast<Scatter>(tuning_codes[kScatter].load(std::memory_order_relaxed)),
+          tuning_codes[kChannelVectors].load(std::memory_order_relaxed) != 0};
+}
 
 }  // namespace stn
 
 namespace {
 
-// _C.set_scatter(code) and _C.scatter(): the Scatter setting's code (kernels.h),
-// for stn_cuda.set_scatter and get_scatter.
-PyObject* set_scatter(PyObject*, PyObject* arg) {
-  const long code = PyLong_AsLong(arg);
-  if (code == -1 && PyErr_Occurred()) return nullptr;
-  if (code != static_cast<long>(stn::Scatter::Atomic) && code != static_cast<long>(stn::Scatter::WarpRuns)) {
-    PyErr_Format(PyExc_ValueError, "stn_cuda._C.set_scatter(): expected a Scatter code, 0 or 1, got %ld",
-                 code);
+// _C.set_tuning(setting, code) and _C.tuning(setting): the codes of the
+// Tuning's settings (ops.cpp's TuningSetting), for stn_cuda.set_tuning and
+// get_tuning.
+bool valid_setting(long setting) {
+  if (setting >= 0 && setting < stn::kTuningSettings) return true;
+  PyErr_Format(PyExc_ValueError, "stn_cuda._C: expected a tuning setting below %ld, got %ld",
+               static_cast<long>(stn::kTuningSettings), setting);
+  return false;
+}
+
+PyObject* set_tuning(PyObject*, PyObject* args) {
+  long setting = 0, code = 0;
+  if (!PyArg_ParseTuple(args, "ll", &setting, &code) || !valid_setting(setting)) return nullptr;
+  if (code < 0 || code >= stn::kTuningChoices[setting]) {
+    PyErr_Format(PyExc_ValueError,
+                 "stn_cuda._C.set_tuning(): expected a code below %ld for setting %ld, got %ld",
+                 stn::kTuningChoices[setting], setting, code);
     return nullptr;
   }
-  stn::scatter_code.store(static_cast<int>(code), std::memory_order_relaxed);
+  stn::tuning_codes[setting].store(static_cast<int>(code), std::memory_order_relaxed);
   Py_RETURN_NONE;
 }
 
-PyObject* scatter(PyObject*, PyObject*) { return PyLong_FromLong(stn::scatter_code.load()); }
+PyObject* get_tuning(PyObject*, PyObject* arg) {
+  const long setting = PyLong_AsLong(arg);
+  if (setting == -1 && PyErr_Occurred()) return nullptr;
+  if (!valid_setting(setting)) return nullptr;
+  return PyLong_FromLong(stn::tuning_codes[setting].load());
+}
 
 PyMethodDef methods[] = {
-    {"set_scatter", set_scatter, METH_O, "Set the CUDA backward's Scatter setting (its code)."},
-    {"scatter", scatter, METH_NOARGS, "The CUDA backward's Scatter setting (its code)."},
+    {"set_tuning", set_tuning, METH_VARARGS, "Set a tuning setting's code: set_tuning(setting, code)."},
+    {"tuning", get_tuning, METH_O, "A tuning setting's code: tuning(setting)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
 
 // A plain Python module: importing stn_cuda._C loads the library, whose static
 // initialisers register the ops above. It also says whether CUDA kernels are
-// in, and holds the Scatter setting.
+// in, and holds the tuning settings (kernels.h's Tuning).
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C",
                                "stn_cuda's compiled operators (torch.ops.stn_cuda)", -1, methods};

@@ -516,6 +516,73 @@ STN_UNROLL
   }
 }
 
+// The same for V adjacent channels at once (a channels_last input, whose
+// channels of one pixel lie side by side: the CUDA kernels' channel vectors).
+// load(offset, values) reads the V channels of the pixel at `offset` into
+// values[0..V), add(offset, values) adds V values into grad_input's. Each
+// channel's value is the sum of the same terms in the same order as
+// interpolate's; the backward's gradient with respect to the pixel sums them
+// corner by corner rather than channel by channel.
+template <int V, typename acc_t, typename index_t, typename LoadFn>
+STN_HD void interpolate_channels(LoadFn&& load, const Corners<acc_t, index_t>& c,
+                                 const Plane<index_t>& plane, acc_t (&v)[V]) {
+  acc_t x[V];
+  auto add_term = [&](int k, bool first) {
+    load(c.base + plane.neighbour_offset(k), x);
+STN_UNROLL
+    for (int i = 0; i < V; ++i) v[i] = first ? x[i] * c.weight[k] : v[i] + x[i] * c.weight[k];
+  };
+  if (c.inside == 0xf) {  // the common case
+STN_UNROLL
+    for (int k = 0; k < 4; ++k) add_term(k, k == 0);
+    return;
+  }
+  // As in interpolate: 0 outside, and -0.0 + x where a corner is inside.
+STN_UNROLL
+  for (int i = 0; i < V; ++i) v[i] = c.inside == 0 ? acc_t(0) : -acc_t(0);
+STN_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    if (c.inside >> k & 1) add_term(k, false);
+  }
+}
+
+template <int V, typename acc_t, typename index_t, typename LoadFn, typename AddFn>
+STN_HD void interpolate_backward_channels(LoadFn&& load, const acc_t (&grad_out)[V],
+                                          const Corners<acc_t, index_t>& c,
+                                          const Bilinear<acc_t, index_t>& b,
+                                          const Plane<index_t>& plane, bool need_input_grad,
+                                          bool need_grid_grad, AddFn&& add, Point2<acc_t>& grad) {
+  auto neighbour = [&](int k) {
+    const index_t offset = c.base + plane.neighbour_offset(k);
+    if (need_input_grad) {
+      acc_t g[V];
+STN_UNROLL
+      for (int i = 0; i < V; ++i) g[i] = grad_out[i] * c.weight[k];
+      add(offset, g);
+    }
+    if (need_grid_grad) {
+      const int ix = k & 1, iy = k >> 1;
+      acc_t x[V];
+      load(offset, x);
+STN_UNROLL
+      for (int i = 0; i < V; ++i) {
+        const acc_t v = x[i] * grad_out[i];
+        grad.x += ix ? v * b.wy[iy] : -(v * b.wy[iy]);
+        grad.y += iy ? v * b.wx[ix] : -(v * b.wx[ix]);
+      }
+    }
+  };
+  if (c.inside == 0xf) {
+STN_UNROLL
+    for (int k = 0; k < 4; ++k) neighbour(k);
+    return;
+  }
+STN_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    if (c.inside >> k & 1) neighbour(k);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Where the sampler's source points come from: a grid tensor (grid_sample) or
 // theta, generating each point on the fly (affine_sample, the fused path that

@@ -27,10 +27,10 @@ export OUT=${OUT:-$PWD/gpu-out} PY=${PYTHON:-python3} PYTHONUNBUFFERED=1
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export FORCE_CUDA=1 PATH="$CUDA_HOME/bin:$PATH" MAX_JOBS=${MAX_JOBS:-$(nproc)}
 # Tests that reach every kernel with odd shapes, strides, far and non-finite points:
-# where an out-of-bounds access or an uninitialised read would be (about 540 tests;
+# where an out-of-bounds access or an uninitialised read would be (about 600 tests;
 # files in order of priority, since a sanitizer step may run out of time first).
-export SANITIZED="cuda and (test_matches_torch or test_memory_layouts or test_non_finite or test_empty or test_affine_sample_matches_composition or test_affine_grid_matches_torch or test_cuda_streams or (test_grid_sample_gradients and (odd or special)) or warp_scatter_matches_torch or warp_scatter_bad_points)"
-export SANITIZED_FILES="tests/test_grid_sample.py tests/test_scatter.py tests/test_volume.py tests/test_deterministic.py tests/test_affine.py tests/test_concurrency.py"
+export SANITIZED="cuda and (test_matches_torch or test_memory_layouts or test_non_finite or test_empty or test_affine_sample_matches_composition or test_affine_grid_matches_torch or test_cuda_streams or (test_grid_sample_gradients and (odd or special)) or warp_scatter_matches_torch or warp_scatter_bad_points or channel_vectors_match_torch or channel_vectors_bad_points or channel_vectors_fall_back or channel_vectors_strided)"
+export SANITIZED_FILES="tests/test_grid_sample.py tests/test_scatter.py tests/test_channel_vectors.py tests/test_volume.py tests/test_deterministic.py tests/test_affine.py tests/test_concurrency.py"
 BUDGET_S=${BUDGET_S:-540}
 mkdir -p "$OUT"
 : > "$OUT/summary.txt"

@@ -16,13 +16,13 @@ from .functional import affine_grid, affine_sample, grid_sample
 from .determinism import deterministic, is_deterministic, set_deterministic
 from .modules import SpatialTransformer
 from .patch import patch_torch, patched_torch, unpatch_torch
-from .tuning import get_scatter, set_scatter, use_scatter
+from .tuning import get_tuning, set_tuning, use_tuning
 
 __version__ = "0.1.0"
 __all__ = ["grid_sample", "affine_grid", "affine_sample", "SpatialTransformer", "built_with_cuda",
            "patch_torch", "unpatch_torch", "patched_torch",
            "set_deterministic", "is_deterministic", "deterministic",
-           "set_scatter", "get_scatter", "use_scatter"]
+           "set_tuning", "get_tuning", "use_tuning"]
 
 
 def built_with_cuda() -> bool:

@@ -15,7 +15,9 @@ too. It is used
 
 It covers every input and mode the samplers take: images and volumes, 'bilinear',
 'nearest' and 'bicubic', every padding mode; on CUDA, up to 2^31 - 1 output points per
-batch element (a sort's limit; a sixteenth of that for 'bicubic').
+batch element (a sort's limit; a sixteenth of that for 'bicubic'). The same bits come
+back for the same inputs and settings: stn_cuda.set_tuning(channel_vectors=True) sums a
+point's grid gradient in another fixed order, so its bits may differ from the default's.
 """
 import contextlib
 

@@ -1,8 +1,9 @@
-"""Speed settings: choices of how a kernel does its work that change no result beyond
-rounding (unlike deterministic mode, which promises the same bits run after run).
+"""Speed settings: choices of how the CUDA image kernels do their work that change no
+result beyond rounding (unlike deterministic mode, which promises the same bits run
+after run). The CPU ignores them; the CUDA kernels read them at each launch.
 
-set_scatter(mode) picks how the CUDA backward of images ('bilinear' and 'nearest')
-adds into grad_input, which every output point reaches through its four corners:
+scatter: how the backward ('bilinear' and 'nearest') adds into grad_input, which every
+output point reaches through its four corners:
 
   'atomic'  one atomic add per point, corner and channel, as torch's kernel makes
             (the default)
@@ -11,39 +12,70 @@ adds into grad_input, which every output point reaches through its four corners:
             less contended atomics where a transform zooms in (hundreds of output
             points per input pixel), a few instructions per point elsewhere
 
-The sums agree to rounding, and with atomics their order varies from run to run in
-either mode. 'bicubic', volumes and the CPU ignore the setting; so does the
-deterministic backward, which has no atomics. python -m benchmarks times 'warp'
-beside the default, in the same run.
+channel_vectors: on a channels_last input whose pixels hold their channels in whole
+16-byte vectors (C a multiple of 4 in float32, of 8 in float16 and bfloat16, of 2 in
+float64; the data 16-byte aligned), the 'bilinear' and 'nearest' kernels read 16 bytes
+of a pixel's channels per load, and the backward adds into grad_input 4 floats per
+atomic (in a build for sm_90 or newer; one float per atomic otherwise). False (the
+default) reads one channel at a time. Inputs it does not fit, and those too large for
+32-bit offsets (about 2^31 elements a batch element, 2^30 output points), take the
+default kernels. Where it applies, it takes the place of scatter='warp'.
+
+With atomics the order of the sums varies from run to run in every setting. The
+deterministic backward has no atomics and ignores scatter; its bits are the same run
+after run for the same settings (channel_vectors changes the fixed order in which a
+point's grid gradient is summed). 'bicubic' and volumes ignore both settings.
+python -m benchmarks times the settings beside the defaults, in the same run.
 """
 import contextlib
 
 from . import _C
 
-__all__ = ["set_scatter", "get_scatter", "use_scatter"]
+__all__ = ["set_tuning", "get_tuning", "use_tuning"]
 
-_SCATTER_CODES = {"atomic": 0, "warp": 1}  # kernels.h's Scatter
-
-
-def set_scatter(mode: str) -> None:
-    """Scatter grad_input in the CUDA backward as mode says ('atomic' or 'warp'), from now on."""
-    if mode not in _SCATTER_CODES:
-        raise ValueError(f"stn_cuda.set_scatter(): expected mode to be 'atomic' or 'warp', got {mode!r}")
-    _C.set_scatter(_SCATTER_CODES[mode])
+# name: (ops.cpp's TuningSetting, the values in the order of their codes; the first
+# is the default)
+_SETTINGS = {
+    "scatter": (0, ("atomic", "warp")),
+    "channel_vectors": (1, (False, True)),
+}
 
 
-def get_scatter() -> str:
-    """The scatter mode in force: 'atomic' or 'warp'."""
-    code = _C.scatter()
-    return next(mode for mode, c in _SCATTER_CODES.items() if c == code)
+def _codes(settings: dict) -> dict:
+    """{setting index: code} for settings, or ValueError naming the bad one."""
+    codes = {}
+    for name, value in settings.items():
+        if name not in _SETTINGS:
+            raise ValueError(f"stn_cuda.set_tuning(): expected settings among "
+                             f"{', '.join(_SETTINGS)}, got {name!r}")
+        index, values = _SETTINGS[name]
+        matches = [code for code, v in enumerate(values) if type(v) is type(value) and v == value]
+        if not matches:
+            raise ValueError(f"stn_cuda.set_tuning(): expected {name} to be one of "
+                             f"{', '.join(map(repr, values))}, got {value!r}")
+        codes[index] = matches[0]
+    return codes
+
+
+def set_tuning(**settings) -> None:
+    """Set the named settings from now on, e.g. set_tuning(scatter='warp'); the others
+    keep theirs. Nothing changes where one of them is bad (ValueError)."""
+    for index, code in _codes(settings).items():
+        _C.set_tuning(index, code)
+
+
+def get_tuning() -> dict:
+    """The settings in force, by name: {'scatter': 'atomic', 'channel_vectors': False}
+    by default."""
+    return {name: values[_C.tuning(index)] for name, (index, values) in _SETTINGS.items()}
 
 
 @contextlib.contextmanager
-def use_scatter(mode: str):
-    """set_scatter(mode) within the block, the previous mode after it."""
-    previous = get_scatter()
-    set_scatter(mode)
+def use_tuning(**settings):
+    """set_tuning(**settings) within the block, the previous settings after it."""
+    previous = get_tuning()
+    set_tuning(**settings)
     try:
         yield
     finally:
-        set_scatter(previous)
+        set_tuning(**previous)

@@ -1,11 +1,25 @@
 """References from torch and comparison helpers shared by the tests."""
 import functools
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import stn_cuda
+
+from conftest import HAS_CUDA, NO_CUDA_REASON
+
+
+def cuda_device_tuned(**settings):
+    """A `device` fixture for the tests of a CUDA setting: "cuda" alone (in each test's name,
+    for gpu_check.sh's -k cuda; skipped without a GPU), stn_cuda.use_tuning(**settings) in
+    force."""
+    @pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA_REASON))])
+    def device(request):
+        with stn_cuda.use_tuning(**settings):
+            yield request.param
+    return device
 
 
 def grads(out, inputs, grad_output):
@@ -35,6 +49,22 @@ def check_against(fn, ref_fn, args, *, atol=1e-10, rtol=1e-8, grad_output=None):
         for i, a, b in zip(diff, ours_g, ref_g):
             torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"gradient of argument {i}: {m}")
     return out
+
+
+def check_with_bad_points(input, grid, mode, padding_mode="zeros"):
+    """stn_cuda.grid_sample (align_corners=False) at a grid with non-finite points against
+    torch's at the same grid with 0 there and no gradient from there: a non-finite point
+    samples 0 and contributes nothing, to either gradient."""
+    out = stn_cuda.grid_sample(input, grid, mode, padding_mode)
+    go = torch.ones_like(out)
+    grad_input, grad_grid = grads(out, (input, grid), go)
+    finite = grid.detach().isfinite().all(-1)
+    ref_in, ref_grid = leaf(input), leaf(torch.where(finite[..., None], grid.detach(), 0.0))
+    ref = F.grid_sample(ref_in, ref_grid, mode, padding_mode, align_corners=False)
+    ref_grad_input, ref_grad_grid = grads(ref, (ref_in, ref_grid), go * finite[:, None])
+    torch.testing.assert_close(out, ref * finite[:, None])
+    torch.testing.assert_close(grad_input, ref_grad_input)
+    torch.testing.assert_close(grad_grid, ref_grad_grid * finite[..., None])
 
 
 def ours(padding_mode, align_corners, mode="bilinear"):

@@ -16,7 +16,7 @@ import stn_cuda
 from benchmarks import checks, environment, report
 import benchmarks.__main__ as suite_main
 from benchmarks.__main__ import parse_args
-from benchmarks.impls import AFFINE, CANDIDATE, IMPLS, REFERENCE, SAMPLER, VARIANT
+from benchmarks.impls import AFFINE, CANDIDATE, IMPLS, REFERENCE, SAMPLER, VARIANT, whole_vectors
 from benchmarks.workloads import AFFINE as AFFINE_GEOMETRY
 from benchmarks.workloads import DIRECTIONS, QUICK, Sampling, Workload, make_case
 from conftest import DEVICES
@@ -71,8 +71,9 @@ def test_every_applicable_implementation_is_timed(quick_run):
             entry = impls[impl.name]
             if impl.family in families and impl.role in (CANDIDATE, REFERENCE):
                 assert "median_ms" in entry, (row["workload"], impl.name, entry)
-            if impl.family in families and impl.role == VARIANT:  # stn_cuda's other backwards
-                runs_here = device == "cuda" or impl.scatter is None  # the scatter: CUDA's alone
+            if impl.family in families and impl.role == VARIANT:  # stn_cuda's other paths
+                runs_here = (device == "cuda" or not impl.cuda_only) and (
+                    not impl.channels_last or whole_vectors(row["channels"], getattr(torch, row["dtype"])))
                 assert ("median_ms" in entry) == (runs_here and row["direction"] in impl.directions), entry
             if "median_ms" not in entry:
                 assert entry["skipped"], (row["workload"], impl.name)
@@ -168,3 +169,24 @@ def test_unknown_workload_is_an_error(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--workload", "no-such-workload"])
     assert "mnist-stn" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_timer_enters_a_callables_context_outside_its_window(device):
+    """stn_cuda's settings are set before a repetition's timed window and restored after
+    it, for warm-up and timed calls alike; nothing else sees them."""
+    from benchmarks.timing import make_timer
+    seen = []
+
+    def call():
+        seen.append(stn_cuda.get_tuning()["scatter"])
+
+    def plain():
+        seen.append("plain:" + stn_cuda.get_tuning()["scatter"])
+
+    call.context = lambda: stn_cuda.use_tuning(scatter="warp")
+    timer = make_timer(torch.device(device))
+    stats = timer.compare({"tuned": call, "plain": plain}, reps=3)
+    assert stats["tuned"].reps == stats["plain"].reps == 3
+    assert seen.count("warp") == timer.warmup + 3 and seen.count("plain:atomic") == timer.warmup + 3
+    assert stn_cuda.get_tuning()["scatter"] == "atomic"

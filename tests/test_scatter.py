@@ -1,12 +1,13 @@
-"""The warp-aggregated scatter (stn_cuda.set_scatter('warp')): the CUDA backward sums the
-values of neighbouring lanes that share a corner before one atomic add per run of them.
+"""The warp-aggregated scatter (stn_cuda.set_tuning(scatter='warp')): the CUDA backward
+sums the values of neighbouring lanes that share a corner before one atomic add per run
+of them.
 
 Its tests are on CUDA (they skip without a GPU), against torch in float64 and against the
 default scatter, with the cases that make or break runs: points that pile up in a few
 input cells (zoom, clipping by border padding), equal corners that are not neighbours,
 non-finite and outside points inside runs, partial warps, rows that end mid-warp, split
 channels, other layouts and half precision. The setting itself, and that the CPU ignores
-it, are tested everywhere.
+it: test_tuning.py.
 """
 import functools
 import re
@@ -17,17 +18,13 @@ import torch.nn.functional as F
 
 import stn_cuda
 
-from conftest import HAS_CUDA, NO_CUDA_REASON, PADDING_MODES
-from helpers import check_against, grads, leaf, make, ours, theirs, torch_affine_sample
+from conftest import PADDING_MODES
+from helpers import check_against, check_with_bad_points, cuda_device_tuned, grads, leaf, make, ours, theirs, torch_affine_sample
 
 MODES = ["bilinear", "nearest"]
 
 
-@pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA_REASON))])
-def device(request):
-    """CUDA alone (in the test's name, for gpu_check.sh's -k cuda), the warp scatter in force."""
-    with stn_cuda.use_scatter("warp"):
-        yield request.param
+device = cuda_device_tuned(scatter="warp")
 
 
 def zoomed_grid(n, h_out, w_out, zoom, device, dtype=torch.float64, centre=(0.1, -0.2)):
@@ -35,42 +32,6 @@ def zoomed_grid(n, h_out, w_out, zoom, device, dtype=torch.float64, centre=(0.1,
     theta = torch.tensor([[1 / zoom, 0.0, centre[0]], [0.0, 1 / zoom, centre[1]]], dtype=dtype)
     theta = theta.expand(n, 2, 3) + 1e-3 * torch.randn(n, 2, 3, dtype=dtype)
     return F.affine_grid(theta.to(device), (n, 1, h_out, w_out), align_corners=False)
-
-
-# -- the setting --------------------------------------------------------------------------
-
-def test_setting_round_trips():
-    assert stn_cuda.get_scatter() == "atomic"  # the default
-    with stn_cuda.use_scatter("warp"):
-        assert stn_cuda.get_scatter() == "warp"
-        with stn_cuda.use_scatter("atomic"):
-            assert stn_cuda.get_scatter() == "atomic"
-        assert stn_cuda.get_scatter() == "warp"
-    assert stn_cuda.get_scatter() == "atomic"
-
-
-def test_setting_is_restored_after_an_error():
-    with pytest.raises(RuntimeError, match="inside"):
-        with stn_cuda.use_scatter("warp"):
-            raise RuntimeError("inside")
-    assert stn_cuda.get_scatter() == "atomic"
-
-
-@pytest.mark.parametrize("bad", ["warps", "", None, 1])
-def test_bad_setting(bad):
-    with pytest.raises(ValueError, match="mode.*'atomic' or 'warp'"):
-        stn_cuda.set_scatter(bad)
-    assert stn_cuda.get_scatter() == "atomic"
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_cpu_ignores_the_setting(mode):
-    input, grid = make((2, 3, 9, 9, 16, 16), "cpu", dtype=torch.float32, spread=0.1)
-    go = torch.randn(2, 3, 16, 16)
-    first = grads(stn_cuda.grid_sample(input, grid, mode), (input, grid), go)
-    with stn_cuda.use_scatter("warp"):
-        again = grads(stn_cuda.grid_sample(input, grid, mode), (input, grid), go)
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
 # -- on CUDA ------------------------------------------------------------------------------
@@ -127,16 +88,7 @@ def test_warp_scatter_bad_points_in_runs(device, mode, padding_mode, bad):
     grid[:, :, 5::7, 0] = bad
     grid[:, 1, 30:34, 1] = bad
     grid.requires_grad_()
-    out = stn_cuda.grid_sample(input, grid, mode, padding_mode)
-    go = torch.ones_like(out)
-    grad_input, grad_grid = grads(out, (input, grid), go)
-    finite = grid.detach().isfinite().all(-1)
-    ref_in, ref_grid = leaf(input), leaf(torch.where(finite[..., None], grid.detach(), 0.0))
-    ref = F.grid_sample(ref_in, ref_grid, mode, padding_mode, align_corners=False)
-    ref_grad_input, ref_grad_grid = grads(ref, (ref_in, ref_grid), go * finite[:, None])
-    torch.testing.assert_close(out, ref * finite[:, None])
-    torch.testing.assert_close(grad_input, ref_grad_input)
-    torch.testing.assert_close(grad_grid, ref_grad_grid * finite[..., None])
+    check_with_bad_points(input, grid, mode, padding_mode)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -193,7 +145,7 @@ def test_warp_scatter_agrees_with_atomic(device, mode, dtype):
     grid = zoomed_grid(4, 128, 128, 20.0, device, dtype=torch.float32).to(dtype).requires_grad_()
     go = torch.randn(4, 8, 128, 128, device=device).to(dtype)
     warp = grads(stn_cuda.grid_sample(input, grid, mode), (input, grid), go)
-    with stn_cuda.use_scatter("atomic"):
+    with stn_cuda.use_tuning(scatter="atomic"):
         atomic = grads(stn_cuda.grid_sample(input, grid, mode), (input, grid), go)
     x64, g64 = leaf(input.double()), leaf(grid.double())
     ref = grads(F.grid_sample(x64, g64, mode, align_corners=False), (x64, g64), go.double())
@@ -239,5 +191,5 @@ def test_warp_scatter_is_the_kernel_that_runs(device):
         assert _backward_kernels(fn) == [0]  # Scatter::Atomic
     with stn_cuda.deterministic():
         assert _backward_kernels(backward()) == [0]  # the grid's gradient alone
-    with stn_cuda.use_scatter("atomic"):
+    with stn_cuda.use_tuning(scatter="atomic"):
         assert _backward_kernels(backward()) == [0]

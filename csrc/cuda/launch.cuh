@@ -24,32 +24,37 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 struct LaunchPlan {
   dim3 grid, block;
   int64_t channels_per_thread;
+  int64_t vector;  // the channels a thread takes per step: 1, or a channel vector's (vectors.cuh)
 };
 
 // Threads cover the output points of one batch element along x, channel groups
-// along y and batch elements along z.
-inline LaunchPlan plan_launch(int64_t N, int64_t C, int64_t points) {
+// along y and batch elements along z. `vector`: a divisor of C, the channels a
+// thread takes per step (vectors.cuh), which channels_per_thread is a multiple of.
+inline LaunchPlan plan_launch(int64_t N, int64_t C, int64_t points, int64_t vector = 1) {
   const int threads =
       static_cast<int>(std::min<int64_t>(kMaxThreads, std::max<int64_t>(32, ceil_div(points, 32) * 32)));
-  int64_t groups = std::min<int64_t>({ceil_div(kTargetThreads, N * points), C, 65535});
+  const int64_t steps = std::max<int64_t>(C / vector, 1);  // a thread's channels, in vectors
+  int64_t groups = std::min<int64_t>({ceil_div(kTargetThreads, N * points), steps, 65535});
   groups = std::max<int64_t>(groups, 1);
-  const int64_t per_thread = ceil_div(std::max<int64_t>(C, 1), groups);
-  groups = ceil_div(std::max<int64_t>(C, 1), per_thread);
+  const int64_t per_thread = ceil_div(steps, groups);
+  groups = ceil_div(steps, per_thread);
   const int64_t blocks = std::min<int64_t>(ceil_div(points, threads), int64_t(1) << 30);
   return {dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(groups),
                static_cast<unsigned>(std::min<int64_t>(N, 65535))),
-          dim3(threads), per_thread};
+          dim3(threads), per_thread * vector, vector};
 }
 
 // The plan of a backward pass over grad_output's points. `deterministic`
 // keeps each point's channels in one thread, so that its gradient is summed in
 // a fixed order, without atomics.
-inline LaunchPlan plan_backward(const at::Tensor& grad_output, bool deterministic) {
+inline LaunchPlan plan_backward(const at::Tensor& grad_output, bool deterministic,
+                                int64_t vector = 1) {
   const int64_t C = grad_output.size(1);
-  LaunchPlan plan = plan_launch(grad_output.size(0), deterministic ? 1 : C,
-                                c10::multiply_integers(grad_output.sizes().slice(2)));
+  LaunchPlan plan = plan_launch(grad_output.size(0), deterministic ? vector : C,
+                                c10::multiply_integers(grad_output.sizes().slice(2)), vector);
   if (deterministic) plan.channels_per_thread = std::max<int64_t>(C, 1);
   TORCH_INTERNAL_ASSERT(plan.grid.y * plan.channels_per_thread >= C);
+  TORCH_INTERNAL_ASSERT(plan.channels_per_thread % vector == 0);
   return plan;
 }
 

@@ -7,7 +7,9 @@
 // every channel inside one thread). grad_input is scattered with atomic adds
 // into an accumulation-type buffer (Scatter::WarpRuns: summed over the lanes of
 // a warp that share a corner first, scatter.cuh); grad_theta is reduced per
-// block, then added once per block and batch element.
+// block, then added once per block and batch element. Tuning::channel_vectors
+// (vectors.cuh) has a thread take a channels_last input's channels 16 bytes at
+// a time.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -15,6 +17,7 @@
 #include "../kernels.h"
 #include "launch.cuh"
 #include "scatter.cuh"
+#include "vectors.cuh"
 
 namespace stn {
 namespace {
@@ -34,11 +37,13 @@ struct GridGradSink {  // grad_grid (N, H_out, W_out, 2), contiguous
 
 // kBicubic: mode="bicubic" (16 taps per point) in a kernel of its own, so that
 // its registers do not weigh on the bilinear and nearest kernels.
+// kV: the channels per step, 1 or a channel vector's (vectors.cuh).
 // index_t: of output points and plane offsets (with_point_index_type).
-template <bool kBicubic, typename index_t, typename scalar_t, typename Source>
+template <bool kBicubic, int kV, typename index_t, typename scalar_t, typename Source>
 __global__ void __launch_bounds__(kMaxThreads)
 sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
                       int64_t channels_per_thread, Sampling sampling) {
+  static_assert(!kBicubic || kV == 1, "bicubic reads one channel at a time");
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
@@ -59,9 +64,20 @@ sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
         const auto b = bilinear_point<index_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
                                                sampling.align_corners);
         const auto corner = corners(b, plane, sampling.interpolation);
-        for (int64_t c = c0; c < c1; ++c) {
-          out.plane(n, c)[out.offset(h, w)] =
-              static_cast<scalar_t>(interpolate(in.plane(n, c), corner, plane));
+        if constexpr (kV == 1) {
+          for (int64_t c = c0; c < c1; ++c) {
+            out.plane(n, c)[out.offset(h, w)] =
+                static_cast<scalar_t>(interpolate(in.plane(n, c), corner, plane));
+          }
+        } else {
+          for (int64_t c = c0; c < c1; c += kV) {
+            acc_t v[kV];
+            interpolate_channels(ChannelLoader<kV, scalar_t>{in.plane(n, c)}, corner, plane, v);
+STN_UNROLL
+            for (int i = 0; i < kV; ++i) {
+              out.plane(n, c + i)[out.offset(h, w)] = static_cast<scalar_t>(v[i]);
+            }
+          }
         }
       }
     }
@@ -69,14 +85,17 @@ sample_forward_kernel(Image<const scalar_t> in, Image<scalar_t> out, Source src,
 }
 
 // kScatter: how grad_input is added into (Scatter in kernels.h). WarpRuns runs
-// the loop over points by whole warps (scatter.cuh); bicubic has Atomic alone.
-template <bool kBicubic, Scatter kScatter, typename index_t, typename scalar_t, typename Source,
-          typename Sink>
+// the loop over points by whole warps (scatter.cuh); bicubic and channel
+// vectors (kV > 1, as in sample_forward_kernel) have Atomic alone.
+template <bool kBicubic, Scatter kScatter, int kV, typename index_t, typename scalar_t,
+          typename Source, typename Sink>
 __global__ void __launch_bounds__(kMaxThreads)
 sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
                        Image<at::opmath_type<scalar_t>> grad_in, Source src, Sink sink,
                        bool need_grid_grad, int64_t channels_per_thread, Sampling sampling) {
-  static_assert(!kBicubic || kScatter == Scatter::Atomic, "bicubic scatters atomically");
+  static_assert(!kBicubic || (kScatter == Scatter::Atomic && kV == 1),
+                "bicubic scatters atomically, one channel at a time");
+  static_assert(kV == 1 || kScatter == Scatter::Atomic, "channel vectors scatter atomically");
   using acc_t = at::opmath_type<scalar_t>;
   const bool need_input_grad = grad_in.data != nullptr;
   // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
@@ -88,33 +107,35 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
   const auto plane = in.template plane_shape<index_t>();
   const index_t W_out = static_cast<index_t>(grad_out.W);
   const index_t points = static_cast<index_t>(grad_out.H * grad_out.W);
-  auto atomic_add_into = [](acc_t* grad_in_plane) {
-    return [grad_in_plane](index_t offset, acc_t v) { atomicAdd(grad_in_plane + offset, v); };
+  // grad_input's plane of channel c of batch element n, null where it is not wanted.
+  auto grad_in_plane = [&](int64_t n, int64_t c) {
+    return need_input_grad ? grad_in.plane(n, c) : nullptr;
+  };
+  auto atomic_add_into = [](acc_t* plane_data) {
+    return [plane_data](index_t offset, acc_t v) { atomicAdd(plane_data + offset, v); };
   };
   // The backward of point p of batch element n (`lanes`: the warp's lanes
   // that run it together, for WarpRuns).
   auto backward_at = [&](int64_t n, index_t p, unsigned lanes) {
     const index_t h = p / W_out, w = p - h * W_out;
     const auto pt = src.template point<acc_t>(n, h, w);
-    // The point's backward, channel by channel: `channel` scatters into
-    // grad_input's plane (null where it is not wanted) and accumulates
-    // d loss / d pixel, which the sink gets scaled by d pixel / d coordinate.
-    auto point_backward = [&](Point2<acc_t> d_pixel, auto&& channel) {
+    auto grad_out_at = [&](int64_t c) {
+      return static_cast<acc_t>(grad_out.plane(n, c)[grad_out.offset(h, w)]);
+    };
+    // The point's backward, kV channels a step: `step(c, g)` scatters channels
+    // c.. into grad_input and accumulates d loss / d pixel into g, which the
+    // sink gets scaled by d pixel / d coordinate.
+    auto point_backward = [&](Point2<acc_t> d_pixel, auto&& step) {
       Point2<acc_t> g{acc_t(0), acc_t(0)};
-      for (int64_t c = c0; c < c1; ++c) {
-        acc_t* grad_in_plane = need_input_grad ? grad_in.plane(n, c) : nullptr;
-        const acc_t go = static_cast<acc_t>(grad_out.plane(n, c)[grad_out.offset(h, w)]);
-        channel(in.plane(n, c), grad_in_plane, go, g);
-      }
+      for (int64_t c = c0; c < c1; c += kV) step(c, g);
       if (need_grid_grad) sink.add(n, h, w, {g.x * d_pixel.x, g.y * d_pixel.y});
     };
     if constexpr (kBicubic) {
       const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, sampling.padding,
                                             sampling.align_corners);
-      point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t* grad_in_plane, acc_t go,
-                                       Point2<acc_t>& g) {
-        bicubic_backward(data, go, b, need_input_grad, grid_grad_nonzero,
-                         atomic_add_into(grad_in_plane), g);
+      point_backward({b.dx, b.dy}, [&](int64_t c, Point2<acc_t>& g) {
+        bicubic_backward(in.plane(n, c), grad_out_at(c), b, need_input_grad, grid_grad_nonzero,
+                         atomic_add_into(grad_in_plane(n, c)), g);
       });
     } else {
       const auto b = bilinear_point<index_t>(pt.x, pt.y, in.H, in.W, sampling.padding,
@@ -124,17 +145,25 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
         // need_input_grad is the same for the whole launch: every lane of
         // `lanes` calls scatter.add as often, or none does.
         const WarpScatter<acc_t, index_t> scatter(lanes, corner, plane, sampling.interpolation);
-        point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t* grad_in_plane, acc_t go,
-                                         Point2<acc_t>& g) {
-          if (need_input_grad) scatter.add(grad_in_plane, go, corner, plane);
-          interpolate_backward(data, go, corner, b, plane, /*need_input_grad=*/false,
+        point_backward({b.dx, b.dy}, [&](int64_t c, Point2<acc_t>& g) {
+          const acc_t go = grad_out_at(c);
+          if (need_input_grad) scatter.add(grad_in_plane(n, c), go, corner, plane);
+          interpolate_backward(in.plane(n, c), go, corner, b, plane, /*need_input_grad=*/false,
                                grid_grad_nonzero, [](index_t, acc_t) {}, g);
         });
+      } else if constexpr (kV > 1) {
+        point_backward({b.dx, b.dy}, [&](int64_t c, Point2<acc_t>& g) {
+          acc_t go[kV];
+STN_UNROLL
+          for (int i = 0; i < kV; ++i) go[i] = grad_out_at(c + i);
+          interpolate_backward_channels(ChannelLoader<kV, scalar_t>{in.plane(n, c)}, go, corner,
+                                        b, plane, need_input_grad, grid_grad_nonzero,
+                                        ChannelAdder<kV, acc_t>{grad_in_plane(n, c)}, g);
+        });
       } else {
-        point_backward({b.dx, b.dy}, [&](const scalar_t* data, acc_t* grad_in_plane, acc_t go,
-                                         Point2<acc_t>& g) {
-          interpolate_backward(data, go, corner, b, plane, need_input_grad, grid_grad_nonzero,
-                               atomic_add_into(grad_in_plane), g);
+        point_backward({b.dx, b.dy}, [&](int64_t c, Point2<acc_t>& g) {
+          interpolate_backward(in.plane(n, c), grad_out_at(c), corner, b, plane, need_input_grad,
+                               grid_grad_nonzero, atomic_add_into(grad_in_plane(n, c)), g);
         });
       }
     }
@@ -183,17 +212,32 @@ template <typename scalar_t, typename Source>
 void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
                     Sampling sampling) {
   const int64_t points = output.size(2) * output.size(3);
-  const auto plan = plan_launch(output.size(0), output.size(1), points);
   const auto in = image_of<const scalar_t>(input);
-  with_point_index_type(in, points, [&](auto index) {
-    using index_t = decltype(index);
-    const auto kernel = sampling.interpolation == Interpolation::Bicubic
-                            ? sample_forward_kernel<true, index_t, scalar_t, Source>
-                            : sample_forward_kernel<false, index_t, scalar_t, Source>;
+  const auto plan = plan_launch(output.size(0), output.size(1), points,
+                                channel_vector(in, at::Tensor(), sampling, points));
+  auto launch = [&](auto kernel) {
     kernel<<<plan.grid, plan.block, 0, current_stream()>>>(in, image_of<scalar_t>(output), src,
                                                            plan.channels_per_thread, sampling);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  constexpr int V = kChannelVector<scalar_t>;
+  if (plan.vector > 1) return launch(sample_forward_kernel<false, V, int32_t, scalar_t, Source>);
+  with_point_index_type(in, points, [&](auto index) {
+    using index_t = decltype(index);
+    launch(sampling.interpolation == Interpolation::Bicubic
+               ? sample_forward_kernel<true, 1, index_t, scalar_t, Source>
+               : sample_forward_kernel<false, 1, index_t, scalar_t, Source>);
   });
+}
+
+// The backward's plan: channel vectors where channel_vector allows them.
+template <typename scalar_t>
+LaunchPlan plan_sample_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                const at::Tensor& grad_input, Sampling sampling,
+                                bool deterministic) {
+  const int vector = channel_vector(image_of<const scalar_t>(input), grad_input, sampling,
+                                    grad_output.size(2) * grad_output.size(3));
+  return plan_backward(grad_output, deterministic, vector);
 }
 
 template <typename scalar_t, typename Source, typename Sink>
@@ -202,22 +246,29 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
                      const LaunchPlan& plan, const Sink& sink) {
   using acc_t = at::opmath_type<scalar_t>;
   const auto in = image_of<const scalar_t>(input);
-  // Only grad_input is scattered: without it (the deterministic path's grid or
-  // theta gradient alone), Atomic.
-  const bool warp_runs = grad_input.defined() && scatter_setting() == Scatter::WarpRuns;
-  TORCH_INTERNAL_ASSERT(!warp_runs || plan.block.x % 32 == 0);  // whole warps: scatter.cuh
-  with_point_index_type(in, grad_output.size(2) * grad_output.size(3), [&](auto index) {
-    using index_t = decltype(index);
-    const auto kernel =
-        sampling.interpolation == Interpolation::Bicubic
-            ? sample_backward_kernel<true, Scatter::Atomic, index_t, scalar_t, Source, Sink>
-        : warp_runs ? sample_backward_kernel<false, Scatter::WarpRuns, index_t, scalar_t, Source, Sink>
-                    : sample_backward_kernel<false, Scatter::Atomic, index_t, scalar_t, Source, Sink>;
+  auto launch = [&](auto kernel) {
     kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
         image_of<const scalar_t>(grad_output), in,
         grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
         need_grid_grad, plan.channels_per_thread, sampling);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  constexpr int V = kChannelVector<scalar_t>;
+  if (plan.vector > 1) {
+    return launch(
+        sample_backward_kernel<false, Scatter::Atomic, V, int32_t, scalar_t, Source, Sink>);
+  }
+  // Only grad_input is scattered: without it (the deterministic path's grid or
+  // theta gradient alone), Atomic.
+  const bool warp_runs = grad_input.defined() && tuning().scatter == Scatter::WarpRuns;
+  TORCH_INTERNAL_ASSERT(!warp_runs || plan.block.x % 32 == 0);  // whole warps: scatter.cuh
+  with_point_index_type(in, grad_output.size(2) * grad_output.size(3), [&](auto index) {
+    using index_t = decltype(index);
+    launch(sampling.interpolation == Interpolation::Bicubic
+               ? sample_backward_kernel<true, Scatter::Atomic, 1, index_t, scalar_t, Source, Sink>
+           : warp_runs
+               ? sample_backward_kernel<false, Scatter::WarpRuns, 1, index_t, scalar_t, Source, Sink>
+               : sample_backward_kernel<false, Scatter::Atomic, 1, index_t, scalar_t, Source, Sink>);
   });
 }
 
@@ -236,7 +287,8 @@ void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::grid_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto plan = plan_backward(grad_output, deterministic);
+    const auto plan =
+        plan_sample_backward<scalar_t>(grad_output, input, grad_input, sampling, deterministic);
     const GridGradSink<acc_t> sink{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
                                    grid.size(1), grid.size(2), split_channels(grad_grid, plan)};
     sample_backward<scalar_t>(grad_output, input, tensor_grid_of<scalar_t>(grid), grad_input,
@@ -265,7 +317,8 @@ void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& inp
     const auto src =
         theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3),
                              sampling.align_corners);
-    const auto plan = plan_backward(grad_output, deterministic);
+    const auto plan =
+        plan_sample_backward<scalar_t>(grad_output, input, grad_input, sampling, deterministic);
     const ThetaGradSink<acc_t> sink{
         grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, src};
     with_theta_sink(sink, grad_theta, plan, deterministic, [&](const auto& s) {
