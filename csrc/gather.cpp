@@ -31,8 +31,21 @@ int64_t max_sorted_at_once(const at::Tensor& keys) {
   return keys.is_cuda() ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int64_t>::max();
 }
 
+}  // namespace
+
+at::ScalarType key_type(const CellGrid& cells) {
+  static const int64_t max_int32_keys = [] {
+    const char* v = std::getenv("STN_CUDA_MAX_INT32_KEYS");
+    return v != nullptr && v[0] != '\0' ? std::atoll(v)
+                                         : int64_t(std::numeric_limits<int32_t>::max()) + 1;
+  }();
+  return cells.keys <= max_int32_keys ? at::kInt : at::kLong;
+}
+
+namespace {
+
 // The keys (E,) of N batch elements, sorted stably, and their entries in that
-// order. A batch element's entries are a contiguous block whose keys are its
+// order (int64). A batch element's entries are a contiguous block whose keys are its
 // own (CellGrid), so blocks of whole batch elements sort on their own, each
 // into its slice of the results.
 std::tuple<at::Tensor, at::Tensor> sort_entries(const at::Tensor& keys, int64_t N) {
@@ -42,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor> sort_entries(const at::Tensor& keys, int64_t 
                     "element on this device, got ", per_n);
   const int64_t block = max_at_once / per_n;  // batch elements per sort
   if (block >= N) return at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  at::Tensor sorted = at::empty_like(keys), order = at::empty_like(keys);
+  at::Tensor sorted = at::empty_like(keys), order = at::empty_like(keys, at::kLong);
   for (int64_t n = 0; n < N; n += block) {
     const int64_t first = n * per_n, length = std::min(block, N - n) * per_n;
     at::Tensor sorted_part = sorted.narrow(0, first, length);
@@ -66,14 +79,14 @@ void gather_grad_input(const at::Tensor& grad_output, const at::Tensor& input,
   const EntryShape shape = entry_shape(sampling.interpolation, dims);
   const at::IntArrayRef out_size = grad_output.sizes().slice(2);
   const int64_t entries = grad_output.numel() / C * shape.taps();
-  const auto index = input.options().dtype(at::kLong);
-  const at::Tensor keys = at::empty({entries}, index);
+  const auto key_options = input.options().dtype(key_type(cells));  // keys 0 .. cells.keys - 1
+  const at::Tensor keys = at::empty({entries}, key_options);
   const at::Tensor weights = at::empty(
       {entries, shape.corners}, input.options().dtype(at::toOpMathType(input.scalar_type())));
   kernels.entries(source, input, out_size, cells, shape, keys, weights, sampling);
   const auto [sorted, order] = sort_entries(keys, N);
   // starts[i]: the first sorted entry of key i or after it.
-  const at::Tensor starts = at::searchsorted(sorted, at::arange(cells.keys, index));
+  const at::Tensor starts = at::searchsorted(sorted, at::arange(cells.keys, key_options));
   // Points and pixels flattened: grad_input is dense (ops.cpp), so a view.
   kernels.gather(grad_output.reshape({N, C, -1}), starts, order, weights, cells, shape,
                  grad_input.view({N, C, -1}));

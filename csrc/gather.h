@@ -20,8 +20,9 @@ namespace stn {
 
 // The per-device steps (cpu/gather_cpu.cpp, cuda/gather_cuda.cu).
 struct GatherKernels {
-  // Step 1: every point's entries, keys (E,) int64 and weights
-  // (E, corners) in the accumulation type. out_size: the output's spatial size.
+  // Step 1: every point's entries, keys (E,) int32 or int64 (key_type) and
+  // weights (E, corners) in the accumulation type. out_size: the output's
+  // spatial size.
   void (*entries)(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef out_size,
                   const CellGrid& cells, EntryShape shape, const at::Tensor& keys,
                   const at::Tensor& weights, Sampling sampling);
@@ -58,6 +59,20 @@ void with_point_source(const at::Tensor& source, const at::Tensor& input,
       f(scalar_t{}, tensor_grid_of<scalar_t>(source));
     }
   });
+}
+
+// The keys' dtype for `cells`: int32 where every key fits (for tests,
+// STN_CUDA_MAX_INT32_KEYS in the environment lowers that limit), else int64.
+at::ScalarType key_type(const CellGrid& cells);
+
+// f(store), with store the EntryStore over keys (of key_type) and weights.
+template <typename acc_t, typename F>
+void with_entry_store(const at::Tensor& keys, const at::Tensor& weights, EntryShape shape, F&& f) {
+  if (keys.scalar_type() == at::kInt) {
+    f(EntryStore<acc_t, int32_t>{keys.data_ptr<int32_t>(), weights.data_ptr<acc_t>(), shape});
+  } else {
+    f(EntryStore<acc_t, int64_t>{keys.data_ptr<int64_t>(), weights.data_ptr<acc_t>(), shape});
+  }
 }
 
 // Step 2's result as gather_pixel reads it.

@@ -86,10 +86,11 @@ inline EntryShape entry_shape(Interpolation interpolation, int dims) {
 }
 
 // Where step 1 writes a point's entries: entry e = point * taps + tap has key
-// keys[e] and weights weights[e * corners + k].
-template <typename T>
+// keys[e] and weights weights[e * corners + k]. key_t: int32_t where every key
+// fits (half the bytes to sort, and half the radix sort's passes), else int64_t.
+template <typename T, typename key_t>
 struct EntryStore {
-  int64_t* keys;
+  key_t* keys;
   T* weights;
   EntryShape shape;
 
@@ -97,7 +98,7 @@ struct EntryStore {
   // offsets): a corner outside the input weighs 0.
   template <typename C>
   STN_HD void put(int64_t e, int64_t n, const CellGrid& cells, const C& c) const {
-    keys[e] = c.inside == 0 ? cells.unused(n) : cells.cell(n, 0, 0, 0) + c.base;
+    keys[e] = static_cast<key_t>(c.inside == 0 ? cells.unused(n) : cells.cell(n, 0, 0, 0) + c.base);
     for (int k = 0; k < shape.corners; ++k) {
       weights[e * shape.corners + k] = (c.inside >> k & 1) ? c.weight[k] : T(0);
     }
@@ -105,8 +106,8 @@ struct EntryStore {
 };
 
 // Step 1 for point p (numbered across batch elements; n its batch element).
-template <typename T>
-STN_HD void put_entries(const EntryStore<T>& store, int64_t p, int64_t n, Point2<T> pt,
+template <typename T, typename key_t>
+STN_HD void put_entries(const EntryStore<T, key_t>& store, int64_t p, int64_t n, Point2<T> pt,
                         const CellGrid& cells, Sampling sampling) {
   const Plane<int64_t> plane = cells.plane();
   if (sampling.interpolation == Interpolation::Bicubic) {
@@ -118,8 +119,8 @@ STN_HD void put_entries(const EntryStore<T>& store, int64_t p, int64_t n, Point2
       for (int j = 0; j < 4; ++j) {
         const int64_t e = (p << store.shape.tap_bits) + 4 * i + j;
         const bool inside = b.inside >> (4 * j + i) & 1;
-        store.keys[e] = inside ? cells.cell(n, 0, 0, 0) + b.y_offset[j] + b.x_offset[i]
-                               : cells.unused(n);
+        store.keys[e] = static_cast<key_t>(
+            inside ? cells.cell(n, 0, 0, 0) + b.y_offset[j] + b.x_offset[i] : cells.unused(n));
         store.weights[e * store.shape.corners] = inside ? b.wx[i] * b.wy[j] : T(0);
       }
     }
@@ -130,8 +131,8 @@ STN_HD void put_entries(const EntryStore<T>& store, int64_t p, int64_t n, Point2
   store.put(p, n, cells, corners(b, plane, sampling.interpolation));
 }
 
-template <typename T>
-STN_HD void put_entries(const EntryStore<T>& store, int64_t p, int64_t n, Point3<T> pt,
+template <typename T, typename key_t>
+STN_HD void put_entries(const EntryStore<T, key_t>& store, int64_t p, int64_t n, Point3<T> pt,
                         const CellGrid& cells, Sampling sampling) {
   store.put(p, n, cells, locate(pt, cells.volume(), sampling).corners);
 }

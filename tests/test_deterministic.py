@@ -3,6 +3,7 @@ gradients as torch and as the usual backward, bitwise the same run after run, se
 by stn_cuda.set_deterministic / deterministic() or, on CUDA, by
 torch.use_deterministic_algorithms; images and volumes, every mode."""
 import contextlib
+import inspect
 import os
 import subprocess
 import sys
@@ -164,18 +165,43 @@ def test_empty(device, dims, mode, empty):
         assert torch.equal(a, b) and not a.any()
 
 
-SORT_IN_BLOCKS = """
+def sort_key_dtypes(fn):
+    """The dtypes of the keys that aten::sort gets while fn() runs, as the profiler names
+    them ('int' for int32, 'long int' for int64)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                record_shapes=True) as prof:
+        fn()
+    return {e.input_dtypes[0] for e in prof.events() if e.name == "aten::sort"}
+
+
+IN_A_FRESH_PROCESS = """
 import sys
 import torch
 from stn_cuda._ops import ops
-results = []
-for case in torch.load(sys.argv[1]):
+""" + inspect.getsource(sort_key_dtypes) + """
+results, dtypes = [], set()
+def run(case):
     try:
         results.append(ops.grid_sample_backward(*case, [True, True], True))
     except ValueError as error:
         results.append(str(error))
-torch.save(results, sys.argv[2])
+for case in torch.load(sys.argv[1]):
+    dtypes |= sort_key_dtypes(lambda: run(case))
+torch.save((results, dtypes), sys.argv[2])
 """
+
+
+def deterministic_in_a_fresh_process(cases, env, tmp_path):
+    """The deterministic grid_sample_backward of each case (its arguments up to
+    output_mask) in a new Python with env added to its environment (gather.cpp reads
+    its STN_CUDA_* variables once): the gradients or a ValueError's message, per case,
+    and the dtypes of the keys sorted."""
+    torch.save(cases, tmp_path / "cases.pt")
+    run = subprocess.run([sys.executable, "-c", IN_A_FRESH_PROCESS, str(tmp_path / "cases.pt"),
+                          str(tmp_path / "results.pt")], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return torch.load(tmp_path / "results.pt")
 
 
 def test_sorting_in_blocks_of_batch_elements(device, tmp_path):
@@ -189,17 +215,42 @@ def test_sorting_in_blocks_of_batch_elements(device, tmp_path):
         cases.append((torch.randn(3, 2, *out_size, dtype=torch.float64, device=device),
                       torch.randn(3, 2, *in_size, dtype=torch.float64, device=device),
                       uniform((3, *out_size, dims), device, -1.2, 1.2), mode, 1, False))
-    torch.save(cases, tmp_path / "cases.pt")
-    env = {**os.environ, "STN_CUDA_MAX_SORTED": "40"}
-    run = subprocess.run([sys.executable, "-c", SORT_IN_BLOCKS, str(tmp_path / "cases.pt"),
-                          str(tmp_path / "results.pt")], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    *in_blocks, refused = torch.load(tmp_path / "results.pt")
+    (*in_blocks, refused), _ = deterministic_in_a_fresh_process(cases, {"STN_CUDA_MAX_SORTED": "40"},
+                                                                tmp_path)
     for case, got in zip(cases, in_blocks):
         for a, b in zip(got, ops.grid_sample_backward(*case, [True, True], True)):
             assert torch.equal(a, b)
     assert "sorts at most 40 entries" in refused and "got 320" in refused
+
+
+def test_64_bit_keys(device, tmp_path):
+    """The entries' keys are int32 where every key fits (at these sizes, always) and int64
+    beyond: STN_CUDA_MAX_INT32_KEYS=0 makes them int64 in a fresh process, and the same
+    bits come back, for every dims and mode, far and non-finite points included; with
+    blocks of batch elements too."""
+    cases = []
+    for dims, mode in [(2, m) for m in (0, 1, 2)] + [(3, m) for m in (0, 1)]:
+        in_size, out_size = [((6, 7), (5, 9)), ((4, 5, 3), (3, 3, 4))][dims - 2]
+        grid = uniform((3, *out_size, dims), device, -1.5, 1.5)
+        grid.view(-1)[::11] = float("nan")
+        cases.append((torch.randn(3, 2, *out_size, dtype=torch.float64, device=device),
+                      torch.randn(3, 2, *in_size, dtype=torch.float64, device=device),
+                      grid, mode, 2, True))
+    wide, wide_dtypes = deterministic_in_a_fresh_process(cases, {"STN_CUDA_MAX_INT32_KEYS": "0"},
+                                                         tmp_path)
+    # Blocks of two batch elements (45 or 36 entries each); bicubic's 720 are refused.
+    wide_in_blocks, _ = deterministic_in_a_fresh_process(
+        cases, {"STN_CUDA_MAX_INT32_KEYS": "0", "STN_CUDA_MAX_SORTED": "100"}, tmp_path)
+    assert wide_dtypes == {"long int"}
+    assert sort_key_dtypes(lambda: [ops.grid_sample_backward(*case, [True, True], True)
+                                    for case in cases]) == {"int"}
+    for case, got, in_blocks in zip(cases, wide, wide_in_blocks):
+        narrow = ops.grid_sample_backward(*case, [True, True], True)
+        assert all(torch.equal(a, b) for a, b in zip(got, narrow))
+        if case[3] == 2:
+            assert "sorts at most 100 entries" in in_blocks
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(in_blocks, narrow))
 
 
 @pytest.mark.parametrize("dims, mode", VARIANTS)

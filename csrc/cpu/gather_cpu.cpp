@@ -21,15 +21,16 @@ void entries(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef 
              const at::Tensor& weights, Sampling sampling) {
   with_point_source(source, input, out_size, sampling.align_corners, [&](auto s, const auto& src) {
     using acc_t = at::opmath_type<decltype(s)>;
-    const EntryStore<acc_t> store{keys.data_ptr<int64_t>(), weights.data_ptr<acc_t>(), shape};
     const int64_t H_out = out_size[out_size.size() - 2], W_out = out_size.back();
     const int64_t points = c10::multiply_integers(out_size);
-    at::parallel_for(0, source.size(0) * points, kGrainSize / 16, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t n = p / points;
-        put_entries(store, p, n, point_at<acc_t>(src, n, p - n * points, H_out, W_out), cells,
-                    sampling);
-      }
+    with_entry_store<acc_t>(keys, weights, shape, [&](const auto& store) {
+      at::parallel_for(0, source.size(0) * points, kGrainSize / 16, [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+          const int64_t n = p / points;
+          put_entries(store, p, n, point_at<acc_t>(src, n, p - n * points, H_out, W_out), cells,
+                      sampling);
+        }
+      });
     });
   });
 }

@@ -13,10 +13,10 @@
 namespace stn {
 namespace {
 
-template <typename acc_t, typename Source>
+template <typename acc_t, typename key_t, typename Source>
 __global__ void __launch_bounds__(kMaxThreads)
 entries_kernel(Source src, int64_t N, int64_t points, int64_t H_out, int64_t W_out,
-               CellGrid cells, EntryStore<acc_t> store, Sampling sampling) {
+               CellGrid cells, EntryStore<acc_t, key_t> store, Sampling sampling) {
   STN_FOR_EACH_N(N) {
     STN_FOR_EACH_POINT(points) {
       put_entries(store, n * points + p, n, point_at<acc_t>(src, n, p, H_out, W_out), cells,
@@ -30,12 +30,13 @@ void entries(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef 
              const at::Tensor& weights, Sampling sampling) {
   with_point_source(source, input, out_size, sampling.align_corners, [&](auto s, const auto& src) {
     using acc_t = at::opmath_type<decltype(s)>;
-    const EntryStore<acc_t> store{keys.data_ptr<int64_t>(), weights.data_ptr<acc_t>(), shape};
     const int64_t N = source.size(0), points = c10::multiply_integers(out_size);
     const auto plan = plan_launch(N, 1, points);
-    entries_kernel<acc_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-        src, N, points, out_size[out_size.size() - 2], out_size.back(), cells, store, sampling);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_entry_store<acc_t>(keys, weights, shape, [&](const auto& store) {
+      entries_kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
+          src, N, points, out_size[out_size.size() - 2], out_size.back(), cells, store, sampling);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
 }
 
