@@ -36,8 +36,8 @@ int64_t max_sorted_at_once(const at::Tensor& keys) {
 at::ScalarType key_type(const CellGrid& cells) {
   static const int64_t max_int32_keys = [] {
     const char* v = std::getenv("STN_CUDA_MAX_INT32_KEYS");
-    return v != nullptr && v[0] != '\0' ? std::atoll(v)
-                                         : int64_t(std::numeric_limits<int32_t>::max()) + 1;
+    constexpr int64_t kMax = int64_t(std::numeric_limits<int32_t>::max()) + 1;  // keys 0 .. 2^31 - 1
+    return v != nullptr && v[0] != '\0' ? std::min<int64_t>(std::atoll(v), kMax) : kMax;
   }();
   return cells.keys <= max_int32_keys ? at::kInt : at::kLong;
 }

@@ -226,7 +226,7 @@ def test_sorting_in_blocks_of_batch_elements(device, tmp_path):
 def test_64_bit_keys(device, tmp_path):
     """The entries' keys are int32 where every key fits (at these sizes, always) and int64
     beyond: STN_CUDA_MAX_INT32_KEYS=0 makes them int64 in a fresh process, and the same
-    bits come back, for every dims and mode, far and non-finite points included; with
+    bits come back, for every dims and mode, outside and non-finite points included; with
     blocks of batch elements too."""
     cases = []
     for dims, mode in [(2, m) for m in (0, 1, 2)] + [(3, m) for m in (0, 1)]:
@@ -244,6 +244,12 @@ def test_64_bit_keys(device, tmp_path):
     assert wide_dtypes == {"long int"}
     assert sort_key_dtypes(lambda: [ops.grid_sample_backward(*case, [True, True], True)
                                     for case in cases]) == {"int"}
+    # The bound: the first case's 3 x (7 x 8 + 1) keys (cells of a 6 x 7 image, an unused key).
+    _, at_the_bound = deterministic_in_a_fresh_process(cases[:1], {"STN_CUDA_MAX_INT32_KEYS": "171"},
+                                                       tmp_path)
+    _, past_it = deterministic_in_a_fresh_process(cases[:1], {"STN_CUDA_MAX_INT32_KEYS": "170"},
+                                                  tmp_path)
+    assert at_the_bound == {"int"} and past_it == {"long int"}
     for case, got, in_blocks in zip(cases, wide, wide_in_blocks):
         narrow = ops.grid_sample_backward(*case, [True, True], True)
         assert all(torch.equal(a, b) for a, b in zip(got, narrow))
