@@ -75,7 +75,7 @@ void with_entry_store(const at::Tensor& keys, const at::Tensor& weights, EntrySh
   }
 }
 
-// Step 2's result as gather_pixel reads it.
+// Step 2's result as gather_pixel_channels reads it.
 template <typename acc_t>
 CellRuns<acc_t> cell_runs_of(const at::Tensor& starts, const at::Tensor& order,
                              const at::Tensor& weights, const CellGrid& cells, EntryShape shape,

@@ -162,29 +162,39 @@ struct CellRuns {
   int64_t points;  // output points per batch element
 };
 
-// grad_input at pixel (z, y, x) of plane (n, c): the sum over the entries whose
-// corners include it of weight * grad_output, in a fixed order. go: the
-// grad_output plane (n, c), point q at go[q * go_stride]. A nearest entry has
-// one corner, so that 0 times an infinite grad_output (NaN) never enters.
+// The channels a gather reads its runs once for (gather_pixel_channels).
+constexpr int kGatherChannels = 4;
+
+// grad_input at pixel (z, y, x) of planes (n, c) .. (n, c + channels - 1),
+// channels <= kGatherChannels: per channel, the sum over the entries whose
+// corners include the pixel of weight * grad_output, in a fixed order (the
+// same for every channel, and whatever `channels`: the runs are read once for
+// them all). go: the grad_output plane (n, c), point q of channel c + i at
+// go[i * go_channel_stride + q * go_stride]. A nearest entry has one corner, so
+// that 0 times an infinite grad_output (NaN) never enters.
 template <typename acc_t, typename scalar_t>
-STN_HD acc_t gather_pixel(const CellRuns<acc_t>& runs, int64_t n, int64_t z, int64_t y,
-                          int64_t x, const scalar_t* go, int64_t go_stride) {
+STN_HD void gather_pixel_channels(const CellRuns<acc_t>& runs, int64_t n, int64_t z, int64_t y,
+                                  int64_t x, const scalar_t* go, int64_t go_stride,
+                                  int64_t go_channel_stride, int channels,
+                                  acc_t (&sum)[kGatherChannels]) {
   const int64_t own = runs.cells.cell(n, z, y, x);
   const int64_t first_point = n * runs.points;
   const int corners = runs.shape.corners;
-  acc_t sum = acc_t(0);
+  for (int i = 0; i < kGatherChannels; ++i) sum[i] = acc_t(0);
   for (int k = 0; k < corners; ++k) {
     const int64_t cell = own - runs.cells.corner_offset(k);
     for (int64_t j = runs.starts[cell]; j < runs.starts[cell + 1]; ++j) {
       const int64_t e = runs.order[j];
-      const int64_t q = (e >> runs.shape.tap_bits) - first_point;
+      const scalar_t* at = go + ((e >> runs.shape.tap_bits) - first_point) * go_stride;
+      const acc_t w = runs.weights[e * corners + k];
       // grad_output * weight: the scattering backward's product for bilinear and
       // nearest; for bicubic it is (grad_output * w_x) * w_y, this one
       // grad_output * (w_x * w_y), which may differ in the last bit.
-      sum += static_cast<acc_t>(go[q * go_stride]) * runs.weights[e * corners + k];
+      for (int i = 0; i < kGatherChannels; ++i) {
+        if (i < channels) sum[i] += static_cast<acc_t>(at[i * go_channel_stride]) * w;
+      }
     }
   }
-  return sum;
 }
 
 }  // namespace stn

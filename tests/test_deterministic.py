@@ -260,6 +260,23 @@ def test_64_bit_keys(device, tmp_path):
 
 
 @pytest.mark.parametrize("dims, mode", VARIANTS)
+@pytest.mark.parametrize("channels", [5, 9])
+def test_channels_in_groups_of_the_gather(device, dims, mode, channels):
+    """The gather reads each pixel's runs once for a group of 4 channels: 5 and 9 end in a
+    partial group. Torch's values, with a transposed grad_output (other channel strides)."""
+    in_size = [(7, 6), (4, 3, 5)][dims - 2]
+    out_size = [(9, 5), (3, 4, 4)][dims - 2]
+    input = torch.randn(2, channels, *in_size, dtype=torch.float64, device=device)
+    grid = uniform((2, *out_size, dims), device, -1.2, 1.2)
+    go = torch.randn(*reversed(out_size), channels, 2, dtype=torch.float64, device=device)
+    go = go.permute(-1, -2, *range(dims - 1, -1, -1))
+    x, g = input.clone().requires_grad_(), grid.clone().requires_grad_()
+    ref = grads(F.grid_sample(x, g, mode, "zeros", align_corners=False), (x, g), go)
+    for got, want in zip(backward(go, input, grid, mode, "zeros", False, True), ref):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dims, mode", VARIANTS)
 def test_channels_split_across_threads(device, dims, mode):
     """Enough pixels that the CUDA gather gives each thread several channels (2^18 threads
     in all: 2 x 256 x 256 pixels, 8 channels, 4 a thread)."""

@@ -45,16 +45,19 @@ void gather(const at::Tensor& grad_output, const at::Tensor& starts, const at::T
     const auto go = image_of<const scalar_t>(grad_output.unsqueeze(2));
     const auto gi = image_of<acc_t>(grad_input.unsqueeze(2));
     const auto runs = cell_runs_of<acc_t>(starts, order, weights, cells, shape, grad_output);
-    // One task per row of a plane (n, c, z, y).
-    const int64_t rows = cells.D * cells.H;
-    at::parallel_for(0, gi.N * gi.C * rows, std::max<int64_t>(1, kGrainSize / (8 * cells.W)),
+    // One task per row (z, y) of a group of kGatherChannels planes (n, c ..).
+    constexpr int kG = kGatherChannels;
+    const int64_t rows = cells.D * cells.H, groups = (gi.C + kG - 1) / kG;
+    at::parallel_for(0, gi.N * groups * rows, std::max<int64_t>(1, kGrainSize / (8 * kG * cells.W)),
                      [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / (gi.C * rows), c = row / rows % gi.C, zy = row % rows;
+        const int64_t n = row / (groups * rows), c = row / rows % groups * kG, zy = row % rows;
         const int64_t z = zy / cells.H, y = zy % cells.H;
-        acc_t* out = gi.plane(n, c) + zy * cells.W * gi.sW;
+        const int channels = static_cast<int>(std::min<int64_t>(kG, gi.C - c));
         for (int64_t x = 0; x < cells.W; ++x) {
-          out[x * gi.sW] = gather_pixel<acc_t>(runs, n, z, y, x, go.plane(n, c), go.sW);
+          acc_t sum[kG];
+          gather_pixel_channels(runs, n, z, y, x, go.plane(n, c), go.sW, go.sC, channels, sum);
+          for (int i = 0; i < channels; ++i) gi.plane(n, c + i)[(zy * cells.W + x) * gi.sW] = sum[i];
         }
       }
     });

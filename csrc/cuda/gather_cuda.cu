@@ -54,9 +54,15 @@ gather_kernel(Image<const scalar_t> grad_out, Image<at::opmath_type<scalar_t>> g
     STN_FOR_EACH_POINT(grad_in.W) {
       const int64_t zy = p / cells.W, x = p - zy * cells.W;
       const int64_t z = zy / cells.H, y = zy - z * cells.H;
-      for (int64_t c = c0; c < c1; ++c) {
-        grad_in.plane(n, c)[p * grad_in.sW] = gather_pixel<acc_t>(
-            runs, n, z, y, x, grad_out.plane(n, c), grad_out.sW);
+      for (int64_t c = c0; c < c1; c += kGatherChannels) {
+        const int channels = static_cast<int>(min(int64_t(kGatherChannels), c1 - c));
+        acc_t sum[kGatherChannels];
+        gather_pixel_channels(runs, n, z, y, x, grad_out.plane(n, c), grad_out.sW, grad_out.sC,
+                              channels, sum);
+#pragma unroll
+        for (int i = 0; i < kGatherChannels; ++i) {
+          if (i < channels) grad_in.plane(n, c + i)[p * grad_in.sW] = sum[i];
+        }
       }
     }
   }
