@@ -31,8 +31,8 @@ int64_t max_sorted_at_once(const at::Tensor& keys) {
   return keys.is_cuda() ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int64_t>::max();
 }
 
-}  // namespace
-
+// The keys' dtype for `cells`: int32 where every key fits (for tests,
+// STN_CUDA_MAX_INT32_KEYS in the environment lowers that limit), else int64.
 at::ScalarType key_type(const CellGrid& cells) {
   static const int64_t max_int32_keys = [] {
     const char* v = std::getenv("STN_CUDA_MAX_INT32_KEYS");
@@ -42,12 +42,10 @@ at::ScalarType key_type(const CellGrid& cells) {
   return cells.keys <= max_int32_keys ? at::kInt : at::kLong;
 }
 
-namespace {
-
 // The keys (E,) of N batch elements, sorted stably, and their entries in that
-// order (int64). A batch element's entries are a contiguous block whose keys are its
-// own (CellGrid), so blocks of whole batch elements sort on their own, each
-// into its slice of the results.
+// order (int64). A batch element's entries are a contiguous block whose keys
+// are its own (CellGrid), so blocks of whole batch elements sort on their own,
+// each into its slice of the results.
 std::tuple<at::Tensor, at::Tensor> sort_entries(const at::Tensor& keys, int64_t N) {
   const int64_t per_n = keys.numel() / N, max_at_once = max_sorted_at_once(keys);
   TORCH_CHECK_VALUE(per_n <= max_at_once, "stn_cuda: the deterministic backward sorts at most ",

@@ -20,7 +20,7 @@ namespace stn {
 
 // The per-device steps (cpu/gather_cpu.cpp, cuda/gather_cuda.cu).
 struct GatherKernels {
-  // Step 1: every point's entries, keys (E,) int32 or int64 (key_type) and
+  // Step 1: every point's entries, keys (E,) int32 or int64 (gather.cpp) and
   // weights (E, corners) in the accumulation type. out_size: the output's
   // spatial size.
   void (*entries)(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef out_size,
@@ -61,11 +61,8 @@ void with_point_source(const at::Tensor& source, const at::Tensor& input,
   });
 }
 
-// The keys' dtype for `cells`: int32 where every key fits (for tests,
-// STN_CUDA_MAX_INT32_KEYS in the environment lowers that limit), else int64.
-at::ScalarType key_type(const CellGrid& cells);
-
-// f(store), with store the EntryStore over keys (of key_type) and weights.
+// f(store), with store the EntryStore over keys (int32 or int64: gather.cpp's
+// key_type) and weights.
 template <typename acc_t, typename F>
 void with_entry_store(const at::Tensor& keys, const at::Tensor& weights, EntryShape shape, F&& f) {
   if (keys.scalar_type() == at::kInt) {

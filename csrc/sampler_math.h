@@ -472,6 +472,31 @@ struct Image {
 // with respect to the point's pixel position into `grad`. The caller scales
 // that by (dx, dy) once, after the last channel.
 
+// f(k) for each neighbour k of a point that lies inside the image, in order
+// (the common case, all four, without a test per neighbour).
+template <typename T, typename index_t, typename F>
+STN_HD void for_each_inside(const Corners<T, index_t>& c, F&& f) {
+  if (c.inside == 0xf) {
+STN_UNROLL
+    for (int k = 0; k < 4; ++k) f(k);
+    return;
+  }
+STN_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    if (c.inside >> k & 1) f(k);
+  }
+}
+
+// Adds to grad (d loss / d pixel) neighbour k's share, v its value times
+// grad_output: d weight / d x is -wy for the west column and +wy for the east
+// one, and d weight / d y likewise.
+template <typename T, typename index_t>
+STN_HD void add_neighbour_grad(Point2<T>& grad, const Bilinear<T, index_t>& b, int k, T v) {
+  const int ix = k & 1, iy = k >> 1;
+  grad.x += ix ? v * b.wy[iy] : -(v * b.wy[iy]);
+  grad.y += iy ? v * b.wx[ix] : -(v * b.wx[ix]);
+}
+
 template <typename acc_t, typename scalar_t, typename index_t>
 STN_HD acc_t interpolate(const scalar_t* data, const Corners<acc_t, index_t>& c,
                          const Plane<index_t>& plane) {
@@ -494,26 +519,11 @@ STN_HD void interpolate_backward(const scalar_t* data, acc_t grad_out,
                                  const Corners<acc_t, index_t>& c, const Bilinear<acc_t, index_t>& b,
                                  const Plane<index_t>& plane, bool need_input_grad,
                                  bool need_grid_grad, AddFn&& add, Point2<acc_t>& grad) {
-  auto neighbour = [&](int k) {
+  for_each_inside(c, [&](int k) {
     const index_t offset = c.base + plane.neighbour_offset(k);
     if (need_input_grad) add(offset, grad_out * c.weight[k]);
-    if (need_grid_grad) {
-      // d weight / d x is -wy for the west column and +wy for the east one.
-      const int ix = k & 1, iy = k >> 1;
-      const acc_t v = static_cast<acc_t>(data[offset]) * grad_out;
-      grad.x += ix ? v * b.wy[iy] : -(v * b.wy[iy]);
-      grad.y += iy ? v * b.wx[ix] : -(v * b.wx[ix]);
-    }
-  };
-  if (c.inside == 0xf) {  // the common case, without a test per neighbour
-STN_UNROLL
-    for (int k = 0; k < 4; ++k) neighbour(k);
-    return;
-  }
-STN_UNROLL
-  for (int k = 0; k < 4; ++k) {
-    if (c.inside >> k & 1) neighbour(k);
-  }
+    if (need_grid_grad) add_neighbour_grad(grad, b, k, static_cast<acc_t>(data[offset]) * grad_out);
+  });
 }
 
 // The same for V adjacent channels at once (a channels_last input, whose
@@ -526,24 +536,16 @@ STN_UNROLL
 template <int V, typename acc_t, typename index_t, typename LoadFn>
 STN_HD void interpolate_channels(LoadFn&& load, const Corners<acc_t, index_t>& c,
                                  const Plane<index_t>& plane, acc_t (&v)[V]) {
-  acc_t x[V];
-  auto add_term = [&](int k, bool first) {
-    load(c.base + plane.neighbour_offset(k), x);
-STN_UNROLL
-    for (int i = 0; i < V; ++i) v[i] = first ? x[i] * c.weight[k] : v[i] + x[i] * c.weight[k];
-  };
-  if (c.inside == 0xf) {  // the common case
-STN_UNROLL
-    for (int k = 0; k < 4; ++k) add_term(k, k == 0);
-    return;
-  }
-  // As in interpolate: 0 outside, and -0.0 + x where a corner is inside.
+  // As in interpolate: 0 outside, and -0.0 + x where a corner is inside (-0.0 + x
+  // is x, so the common case's sum is the same as interpolate's).
 STN_UNROLL
   for (int i = 0; i < V; ++i) v[i] = c.inside == 0 ? acc_t(0) : -acc_t(0);
+  for_each_inside(c, [&](int k) {
+    acc_t x[V];
+    load(c.base + plane.neighbour_offset(k), x);
 STN_UNROLL
-  for (int k = 0; k < 4; ++k) {
-    if (c.inside >> k & 1) add_term(k, false);
-  }
+    for (int i = 0; i < V; ++i) v[i] += x[i] * c.weight[k];
+  });
 }
 
 template <int V, typename acc_t, typename index_t, typename LoadFn, typename AddFn>
@@ -552,7 +554,7 @@ STN_HD void interpolate_backward_channels(LoadFn&& load, const acc_t (&grad_out)
                                           const Bilinear<acc_t, index_t>& b,
                                           const Plane<index_t>& plane, bool need_input_grad,
                                           bool need_grid_grad, AddFn&& add, Point2<acc_t>& grad) {
-  auto neighbour = [&](int k) {
+  for_each_inside(c, [&](int k) {
     const index_t offset = c.base + plane.neighbour_offset(k);
     if (need_input_grad) {
       acc_t g[V];
@@ -561,26 +563,12 @@ STN_UNROLL
       add(offset, g);
     }
     if (need_grid_grad) {
-      const int ix = k & 1, iy = k >> 1;
       acc_t x[V];
       load(offset, x);
 STN_UNROLL
-      for (int i = 0; i < V; ++i) {
-        const acc_t v = x[i] * grad_out[i];
-        grad.x += ix ? v * b.wy[iy] : -(v * b.wy[iy]);
-        grad.y += iy ? v * b.wx[ix] : -(v * b.wx[ix]);
-      }
+      for (int i = 0; i < V; ++i) add_neighbour_grad(grad, b, k, x[i] * grad_out[i]);
     }
-  };
-  if (c.inside == 0xf) {
-STN_UNROLL
-    for (int k = 0; k < 4; ++k) neighbour(k);
-    return;
-  }
-STN_UNROLL
-  for (int k = 0; k < 4; ++k) {
-    if (c.inside >> k & 1) neighbour(k);
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------
