@@ -1,5 +1,5 @@
 // What the CUDA kernels of sampler_cuda.cu (images) and volume_cuda.cu
-// (volumes) share: the launch plan, their loops, and the per-block reduction
+// (volumes) share: the launch plan, their loops (loops.cuh), and the per-block reduction
 // and gradient stores of the backward passes.
 #pragma once
 
@@ -9,6 +9,7 @@
 #include <c10/util/accumulate.h>
 
 #include "../kernels.h"
+#include "loops.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -80,7 +81,7 @@ template <typename T>
 __device__ T block_sum(T v) {
   __shared__ T warp_sums[kMaxThreads / 32];
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = static_cast<int>(lane_id()), warp = threadIdx.x >> 5;
   __syncthreads();  // the previous call's reads of warp_sums are done
   if (lane == 0) warp_sums[warp] = v;
   __syncthreads();
@@ -164,17 +165,6 @@ __device__ void store_point_grad(T* dst, const T (&g)[K], bool atomic) {
   }
 }
 
-// This thread's first point and the stride of the loop over points, in the
-// points' index type.
-template <typename T>
-__device__ T first_point() {
-  return T(blockIdx.x) * T(blockDim.x) + T(threadIdx.x);
-}
-template <typename T>
-__device__ T point_stride() {
-  return T(gridDim.x) * T(blockDim.x);
-}
-
 // A sink (where each point's gradient with respect to its source coordinates
 // goes) for grad_theta (N, 2, 3), contiguous: summed per block, then as
 // reduce_block_sums does.
@@ -210,10 +200,3 @@ void with_theta_sink(Sink sink, const at::Tensor& grad_theta, const LaunchPlan& 
 }
 
 }  // namespace stn
-
-// Loops of the kernels: batch elements along z, points along x. The point
-// index p has the type of P (int32_t where with_point_index_type allows).
-#define STN_FOR_EACH_N(N) for (int64_t n = blockIdx.z; n < (N); n += gridDim.z)
-#define STN_FOR_EACH_POINT(P)                                        \
-  for (auto p = stn::first_point<decltype((P) + 0)>(); p < (P); \
-       p += stn::point_stride<decltype((P) + 0)>())

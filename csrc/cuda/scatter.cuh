@@ -10,24 +10,16 @@
 // sum: slower, still right. Finding the runs costs a few warp instructions per
 // point; where no two neighbours share an offset, the sums take no shuffle steps,
 // and the atomics are those of Scatter::Atomic.
+//
+// This header needs nothing but sampler_math.h and loops.cuh, so that
+// tests/host can compile it for the CPU against an emulated warp
+// (tests/host/warp_emulator.h).
 #pragma once
 
-#include "launch.cuh"
+#include "../sampler_math.h"
+#include "loops.cuh"
 
 namespace stn {
-
-__device__ inline unsigned lane_id() { return threadIdx.x & 31u; }
-
-// The loop of STN_FOR_EACH_POINT by whole warps, for bodies that make
-// warp-wide calls: every lane of a warp runs the loop's iterations together,
-// the lanes whose point p is below P run the body, and `lanes` (a mask of the
-// warp's first lanes, declared by the macro) says which ones did. blockDim.x
-// must be a multiple of 32 (plan_launch's are).
-#define STN_FOR_EACH_WARP_POINT(P, lanes)                                              \
-  for (auto p = stn::first_point<decltype((P) + 0)>();                                \
-       p - static_cast<decltype((P) + 0)>(stn::lane_id()) < (P);                      \
-       p += stn::point_stride<decltype((P) + 0)>())                                   \
-    if (const unsigned lanes = __ballot_sync(0xffffffffu, p < (P)); p < (P))
 
 // One point's scatter through its corners (bilinear: four; nearest: the
 // first), set up once per point for the lanes `lanes` and used for every

@@ -1,0 +1,43 @@
+"""The CUDA kernels' warp-level and channel-vector code, compiled for the CPU and run on an
+emulated warp (tests/host): it runs in every test session, GPU or not. See
+tests/host/device_code_test.cpp for what it checks."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torch.utils.cpp_extension
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = ROOT / "tests" / "host"
+CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no C++ compiler found (set CXX)")
+    exe = tmp_path_factory.mktemp("host") / "device_code_test"
+    torch_include = torch.utils.cpp_extension.include_paths()[0]
+    cmd = [CXX, "-std=c++20", "-O1", "-g", "-pthread", "-Wall", "-Wextra", "-Werror",
+           # The emulated lanes share buffers: any access out of bounds or
+           # undefined arithmetic in the code under test fails the run.
+           "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+           f"-I{ROOT / 'csrc'}", f"-I{HOST}", f"-I{torch_include}",
+           str(HOST / "device_code_test.cpp"), "-o", str(exe)]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    assert build.returncode == 0, f"{' '.join(cmd)}\n{build.stderr}"
+    return exe
+
+
+@pytest.mark.slow
+def test_warp_scatter_loop_and_channel_math(program):
+    seed = torch.initial_seed() % 2**32
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)  # the program links its own sanitizer runtime
+    run = subprocess.run([str(program), "300", str(seed)], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert run.returncode == 0, f"seed {seed}:\n{run.stdout}\n{run.stderr}"
+    assert "0 failures" in run.stdout
