@@ -1,7 +1,7 @@
 """CPU cost of stn_cuda.grid_sample against ATen's CPU grid_sample, side by side in one
 process (issue 2's acceptance check): median time of forward and forward+backward.
 
-    python -m benchmarks.cpu_vs_aten [--reps 15] [--threads N]
+    python -m benchmarks.cpu_vs_aten [--mode bilinear|nearest|bicubic] [--reps 15] [--threads N]
 """
 import argparse
 import statistics
@@ -31,13 +31,14 @@ def median_times(fns, reps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", default="bilinear", choices=("bilinear", "nearest", "bicubic"))
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mode={args.mode}")
     print(f"{'shape':>20} {'direction':>9} {'aten ms':>9} {'stn ms':>9} {'stn/aten':>9}")
     worst = 0.0
     for shape in SHAPES:
@@ -46,7 +47,8 @@ def main():
         grid = F.affine_grid(theta, shape, align_corners=False)
         x = torch.randn(shape)
         xg, gg = x.clone().requires_grad_(), grid.clone().requires_grad_()
-        impls = {"aten": lambda a, b: F.grid_sample(a, b, align_corners=False), "stn": stn_cuda.grid_sample}
+        impls = {"aten": lambda a, b: F.grid_sample(a, b, args.mode, align_corners=False),
+                 "stn": lambda a, b: stn_cuda.grid_sample(a, b, args.mode)}
         for direction in ("forward", "fwd+bwd"):
             if direction == "forward":
                 runs = {name: lambda fn=fn: fn(x, grid) for name, fn in impls.items()}

@@ -41,6 +41,10 @@ struct Tuning {
 };
 Tuning tuning();
 
+// stn_cuda.set_deterministic's flag (autograd.cpp, whose backward reads it).
+void set_deterministic(bool enabled);
+bool is_deterministic();
+
 struct Kernels {
   void (*grid_sample_forward)(const at::Tensor& input, const at::Tensor& grid,
                               const at::Tensor& output, Sampling sampling);

@@ -431,16 +431,31 @@ PyObject* get_tuning(PyObject*, PyObject* arg) {
   return PyLong_FromLong(stn::tuning_codes[setting].load());
 }
 
+// _C.set_deterministic(enabled) and _C.is_deterministic(), for stn_cuda's.
+PyObject* set_deterministic(PyObject*, PyObject* arg) {
+  const int enabled = PyObject_IsTrue(arg);
+  if (enabled < 0) return nullptr;
+  stn::set_deterministic(enabled != 0);
+  Py_RETURN_NONE;
+}
+
+PyObject* is_deterministic(PyObject*, PyObject*) { return PyBool_FromLong(stn::is_deterministic()); }
+
 PyMethodDef methods[] = {
     {"set_tuning", set_tuning, METH_VARARGS, "Set a tuning setting's code: set_tuning(setting, code)."},
     {"tuning", get_tuning, METH_O, "A tuning setting's code: tuning(setting)."},
+    {"set_deterministic", set_deterministic, METH_O,
+     "Ask for the deterministic backward, or stop asking: set_deterministic(enabled)."},
+    {"is_deterministic", is_deterministic, METH_NOARGS,
+     "Whether the deterministic backward is asked for."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
 
 // A plain Python module: importing stn_cuda._C loads the library, whose static
 // initialisers register the ops above. It also says whether CUDA kernels are
-// in, and holds the tuning settings (kernels.h's Tuning).
+// in, and holds the tuning settings (kernels.h's Tuning) and the deterministic
+// flag.
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C",
                                "stn_cuda's compiled operators (torch.ops.stn_cuda)", -1, methods};

@@ -3,8 +3,9 @@
 # whose CUDA toolkit is in /usr/local/cuda (no network needed; torch is never
 # installed or replaced): versions, build, the CUDA tests, the benchmark suite,
 # compute-sanitizer (memcheck, racecheck, initcheck) over a subset of the tests and
-# the peak-memory comparison, in that order of priority; synccheck over the warp
-# scatter's tests (its shuffles and ballots name their lanes by mask) last.
+# the peak-memory comparison and the host cost of a call (benchmarks.overhead),
+# in that order of priority; synccheck over the warp scatter's tests (its
+# shuffles and ballots name their lanes by mask) last.
 #
 # It is sized for one command of a lent machine (10 minutes at most, 15 minutes of
 # device time a session): every step runs whatever happened to the others, within
@@ -56,7 +57,7 @@ sanitize() {  # sanitize TOOL [FILES [EXPR]]: the tests under compute-sanitizer 
 }
 export -f versions sanitize
 
-STEPS=${STEPS:-versions build tests bench memcheck memory racecheck initcheck synccheck}
+STEPS=${STEPS:-versions build tests bench memcheck memory overhead racecheck initcheck synccheck}
 
 step() {  # step NAME LIMIT_S COMMAND...: COMMAND (a program or a function above)
   local name=$1 limit=$2 start=$SECONDS rc=0 log="$OUT/.$1.log"
@@ -84,6 +85,7 @@ step tests 180 "$PY" -m pytest -q -p no:cacheprovider tests -k cuda --durations=
 step bench 150 "$PY" -m benchmarks --reps 30 --out "$OUT/bench"
 step memcheck 90 sanitize memcheck
 step memory 30 "$PY" -m benchmarks.memory --out "$OUT/memory.json"
+step overhead 20 "$PY" -m benchmarks.overhead --device cuda --calls 500 --rounds 5
 step racecheck 60 sanitize racecheck
 step initcheck 60 sanitize initcheck
 step synccheck 45 sanitize synccheck tests/test_scatter.py "cuda and (matches_torch or bad_points or zoomed_in)"

@@ -1,14 +1,14 @@
 """What the dispatcher cannot know about stn_cuda's C++ ops: their fake (meta)
-kernels, for torch.compile and shape propagation, and their autograd formulas, the
-backward ops' included (double backward: gradients of gradients).
+kernels, for torch.compile and shape propagation, and the backward ops' autograd
+formulas (double backward: gradients of gradients).
 
-The ops themselves (schemas, checks, CPU and CUDA kernels, autocast casts) are in csrc/.
+The ops themselves (schemas, checks, CPU and CUDA kernels, autocast casts, the forward
+ops' autograd) are in csrc/.
 """
 import torch
 
 from . import _C  # noqa: F401  (loads the library, registering torch.ops.stn_cuda)
 from . import _reference
-from .determinism import backward_is_deterministic
 
 ops = torch.ops.stn_cuda
 
@@ -68,54 +68,10 @@ def _(grad_output, input, theta, interpolation_mode, padding_mode, align_corners
     return grad_input, grad_theta
 
 
-# -- autograd ----------------------------------------------------------------------
-# Each forward op saves its tensor inputs and options; its backward op returns the
-# gradients that are needed and skips the work (and allocation) of the others.
-
-def _unless_recording(backward_op, *args):
-    """A backward op called straight to its kernel when no graph is recorded (a plain
-    first backward), skipping its own (Python) autograd layer, which only double
-    backward needs: about 16 us a call."""
-    if torch.is_grad_enabled():
-        return backward_op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return backward_op(*args)
-
-
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:2])
-    ctx.options = inputs[2:]
-
-
-def _grid_sample_backward(ctx, grad_output):
-    input, grid = ctx.saved_tensors
-    deterministic = backward_is_deterministic(input)
-    grad_input, grad_grid = _unless_recording(
-        ops.grid_sample_backward, grad_output, input, grid, *ctx.options, list(ctx.needs_input_grad[:2]),
-        deterministic)
-    return grad_input, grad_grid, None, None, None
-
-
-def _affine_sample_backward(ctx, grad_output):
-    input, theta = ctx.saved_tensors
-    _out_size, *options = ctx.options
-    deterministic = backward_is_deterministic(input)
-    grad_input, grad_theta = _unless_recording(
-        ops.affine_sample_backward, grad_output, input, theta, *options, list(ctx.needs_input_grad[:2]),
-        deterministic)
-    return grad_input, grad_theta, None, None, None, None
-
-
-def _affine_grid_setup(ctx, inputs, output):
-    ctx.align_corners = inputs[2]
-
-
-def _affine_grid_backward(ctx, grad_grid):
-    return _unless_recording(ops.affine_grid_backward, grad_grid, ctx.align_corners), None, None
-
-
 # -- double backward ------------------------------------------------------------------------
-# The backward ops' own autograd. Their results are
+# The backward ops' own autograd (the forward ops' is in csrc/autograd.cpp, whose backward
+# calls these ops through it where create_graph=True, and straight to their kernels
+# otherwise). Their results are
 #     grad_input = S(grid)^T grad_output       linear in grad_output, independent of input
 #     grad_grid  = (d S(grid) input / d grid)^T grad_output
 # (S: the sampler as a matrix; for affine_sample, grid = affine_grid(theta) and
@@ -210,9 +166,6 @@ def _affine_grid_double_backward(ctx, gg_theta):
 
 
 for _name, _backward, _setup in [
-        ("grid_sample", _grid_sample_backward, _save_inputs),
-        ("affine_sample", _affine_sample_backward, _save_inputs),
-        ("affine_grid", _affine_grid_backward, _affine_grid_setup),
         ("grid_sample_backward", _grid_sample_double_backward, _save_backward_inputs),
         ("affine_sample_backward", _affine_sample_double_backward, _save_backward_inputs),
         ("affine_grid_backward", _affine_grid_double_backward, _affine_grid_backward_setup)]:

@@ -21,36 +21,28 @@ point's grid gradient in another fixed order, so its bits may differ from the de
 """
 import contextlib
 
-import torch
+from . import _C
 
 __all__ = ["set_deterministic", "is_deterministic", "deterministic"]
 
-_enabled = False
-
 
 def set_deterministic(enabled: bool = True) -> None:
-    """Use the deterministic backward (or stop asking for it) from now on, on every device."""
-    global _enabled
-    _enabled = bool(enabled)
+    """Use the deterministic backward (or stop asking for it) from now on, on every device.
+    The flag is the extension's (its backward reads it: csrc/autograd.cpp)."""
+    _C.set_deterministic(bool(enabled))
 
 
 def is_deterministic() -> bool:
     """Whether set_deterministic(True) (or the deterministic() context) is in force."""
-    return _enabled
+    return _C.is_deterministic()
 
 
 @contextlib.contextmanager
 def deterministic(enabled: bool = True):
     """set_deterministic(enabled) within the block, the previous setting after it."""
-    previous = _enabled
+    previous = is_deterministic()
     set_deterministic(enabled)
     try:
         yield
     finally:
         set_deterministic(previous)
-
-
-def backward_is_deterministic(input) -> bool:
-    """Whether a sampler's backward on input runs the deterministic path."""
-    by_torch = input.is_cuda and torch.are_deterministic_algorithms_enabled()
-    return _enabled or by_torch

@@ -190,3 +190,15 @@ def test_the_timer_enters_a_callables_context_outside_its_window(device):
     assert stats["tuned"].reps == stats["plain"].reps == 3
     assert seen.count("warp") == timer.warmup + 3 and seen.count("plain:atomic") == timer.warmup + 3
     assert stn_cuda.get_tuning()["scatter"] == "atomic"
+
+
+def test_overhead_benchmark_runs(capsys, monkeypatch):
+    """python -m benchmarks.overhead: a line per case, torch's and stn_cuda's times."""
+    from benchmarks import overhead
+    monkeypatch.setattr(sys, "argv", ["overhead", "--device", "cpu", "--calls", "3", "--rounds", "1"])
+    overhead.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + len(overhead.cases("cpu"))
+    for line in lines[2:]:
+        torch_us, stn_us, ratio = map(float, line.split()[-3:])
+        assert torch_us > 0 and stn_us > 0 and ratio > 0

@@ -278,17 +278,19 @@ def test_affine_sample_gradient_penalty_against_finite_differences(device, paddi
 
 def test_first_backward_is_unchanged(device, padding_mode):
     """create_graph=True gives the kernels' first gradients to the bit, and the first
-    backward runs the kernels alone, never the reference."""
+    backward runs the kernels alone, never the reference, and records no graph."""
     input = random_input(2, 3, 5, 6, device=device).requires_grad_()
     grid = smooth_grid(2, (4, 4), (5, 6), False, device).requires_grad_()
     theta = random_theta(2, device=device).requires_grad_()
     for fn, args in [(ours("bilinear", padding_mode, False), (input, grid)),
                      (functools.partial(stn_cuda.affine_sample, padding_mode=padding_mode), (input, theta))]:
         out = fn(*args)
+        assert out.grad_fn.name().startswith("torch::autograd::CppNode<stn::")  # csrc/autograd.cpp
         go = torch.randn_like(out)
         with Ops() as ops_run:
             plain = torch.autograd.grad(out, args, go, retain_graph=True)
         assert "aten::gather" not in ops_run.names and ops_run.namespaces >= {"stn_cuda"}, ops_run.names
+        assert not any(g.requires_grad for g in plain)
         recorded = torch.autograd.grad(out, args, go, create_graph=True)
         assert all(torch.equal(a, b) for a, b in zip(plain, recorded))
         assert all(g.requires_grad for g in recorded)

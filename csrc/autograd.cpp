@@ -1,0 +1,169 @@
+// The autograd of the forward ops (grid_sample, affine_sample, affine_grid),
+// registered for the Autograd key in C++: a forward+backward costs the host
+// about half what it did through the Python layer of
+// torch.library.register_autograd (benchmarks/NOTES.md, variant 7). The
+// backward ops' own autograd (double backward) stays in Python
+// (stn_cuda/_ops.py): it runs only where a graph of a backward is recorded.
+//
+// Each forward saves its tensor inputs and options; its backward calls the
+// backward op for the gradients that are needed alone (output_mask), straight
+// to the kernel unless a graph of the backward is being recorded.
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <array>
+#include <atomic>
+#include <utility>
+
+#include "kernels.h"
+
+namespace stn {
+
+namespace {
+std::atomic<bool> deterministic_flag{false};
+}  // namespace
+
+void set_deterministic(bool enabled) { deterministic_flag.store(enabled); }
+bool is_deterministic() { return deterministic_flag.load(); }
+
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Whether a sampler's backward on input runs the deterministic path: where
+// stn_cuda.set_deterministic asks for it, and on CUDA under
+// torch.use_deterministic_algorithms, as torch's own ops do.
+bool backward_is_deterministic(const Tensor& input) {
+  return is_deterministic() || (input.is_cuda() && at::globalContext().deterministicAlgorithms());
+}
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// An op called below autograd: a forward's (whose graph the Function records)
+// or a backward's whose own graph is not wanted.
+template <typename Signature, typename... Args>
+auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& handle, Args&&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return handle.call(std::forward<Args>(args)...);
+}
+
+// A backward op: through its own autograd where a graph of the backward is
+// recorded (create_graph=True: double backward), else straight to its kernel.
+template <typename Signature, typename... Args>
+auto call_backward(const c10::TypedOperatorHandle<Signature>& handle, Args&&... args) {
+  if (at::GradMode::is_enabled()) return handle.call(std::forward<Args>(args)...);
+  return call_below_autograd(handle, std::forward<Args>(args)...);
+}
+
+using SamplerBackward = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                   int64_t, int64_t, bool, std::array<bool, 2>,
+                                                   bool);
+
+void save_sampling(AutogradContext* ctx, int64_t interpolation, int64_t padding,
+                   bool align_corners) {
+  ctx->saved_data["interpolation"] = interpolation;
+  ctx->saved_data["padding"] = padding;
+  ctx->saved_data["align_corners"] = align_corners;
+}
+
+// A sampler's gradients with respect to its tensor inputs (input, and grid or
+// theta) by its backward op, then an undefined one for each of its `options`.
+variable_list sampler_backward(AutogradContext* ctx,
+                               const c10::TypedOperatorHandle<SamplerBackward>& backward,
+                               const Tensor& grad_output, size_t options) {
+  const variable_list saved = ctx->get_saved_variables();
+  const auto& d = ctx->saved_data;
+  auto [grad_input, grad_source] = call_backward(
+      backward, grad_output, saved[0], saved[1], d.at("interpolation").toInt(),
+      d.at("padding").toInt(), d.at("align_corners").toBool(),
+      std::array<bool, 2>{ctx->needs_input_grad(0), ctx->needs_input_grad(1)},
+      backward_is_deterministic(saved[0]));
+  variable_list grads{std::move(grad_input), std::move(grad_source)};
+  grads.resize(2 + options);
+  return grads;
+}
+
+}  // namespace
+
+// The Functions, outside the anonymous namespace: their names are the grad_fn's
+// (torch::autograd::CppNode<stn::GridSample>).
+struct GridSample : torch::autograd::Function<GridSample> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& grid,
+                        int64_t interpolation, int64_t padding, bool align_corners) {
+    static const auto handle =
+        op<Tensor(const Tensor&, const Tensor&, int64_t, int64_t, bool)>("stn_cuda::grid_sample");
+    ctx->save_for_backward({input, grid});
+    save_sampling(ctx, interpolation, padding, align_corners);
+    return call_below_autograd(handle, input, grid, interpolation, padding, align_corners);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    static const auto handle = op<SamplerBackward>("stn_cuda::grid_sample_backward");
+    return sampler_backward(ctx, handle, grad_outputs[0], 3);
+  }
+};
+
+struct AffineSample : torch::autograd::Function<AffineSample> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& theta,
+                        at::IntArrayRef out_size, int64_t interpolation, int64_t padding,
+                        bool align_corners) {
+    static const auto handle =
+        op<Tensor(const Tensor&, const Tensor&, at::IntArrayRef, int64_t, int64_t, bool)>(
+            "stn_cuda::affine_sample");
+    ctx->save_for_backward({input, theta});
+    save_sampling(ctx, interpolation, padding, align_corners);
+    return call_below_autograd(handle, input, theta, out_size, interpolation, padding,
+                               align_corners);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    static const auto handle = op<SamplerBackward>("stn_cuda::affine_sample_backward");
+    return sampler_backward(ctx, handle, grad_outputs[0], 4);
+  }
+};
+
+struct AffineGrid : torch::autograd::Function<AffineGrid> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& theta, at::IntArrayRef size,
+                        bool align_corners) {
+    static const auto handle =
+        op<Tensor(const Tensor&, at::IntArrayRef, bool)>("stn_cuda::affine_grid");
+    ctx->saved_data["align_corners"] = align_corners;
+    return call_below_autograd(handle, theta, size, align_corners);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    static const auto handle = op<Tensor(const Tensor&, bool)>("stn_cuda::affine_grid_backward");
+    return {call_backward(handle, grad_outputs[0], ctx->saved_data.at("align_corners").toBool()),
+            Tensor(), Tensor()};
+  }
+};
+
+namespace {
+
+Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolation,
+                   int64_t padding, bool align_corners) {
+  return GridSample::apply(input, grid, interpolation, padding, align_corners);
+}
+
+Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef out_size,
+                     int64_t interpolation, int64_t padding, bool align_corners) {
+  return AffineSample::apply(input, theta, out_size, interpolation, padding, align_corners);
+}
+
+Tensor affine_grid(const Tensor& theta, at::IntArrayRef size, bool align_corners) {
+  return AffineGrid::apply(theta, size, align_corners);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(stn_cuda, Autograd, m) {
+  m.impl("grid_sample", &grid_sample);
+  m.impl("affine_sample", &affine_sample);
+  m.impl("affine_grid", &affine_grid);
+}
+
+}  // namespace stn
