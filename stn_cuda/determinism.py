@@ -26,15 +26,21 @@ from . import _C
 __all__ = ["set_deterministic", "is_deterministic", "deterministic"]
 
 
+# The flag is the extension's (its backward reads it: csrc/autograd.cpp); this copy lets
+# is_deterministic() be traced by torch.compile, which cannot look into _C.
+_enabled = False
+
+
 def set_deterministic(enabled: bool = True) -> None:
-    """Use the deterministic backward (or stop asking for it) from now on, on every device.
-    The flag is the extension's (its backward reads it: csrc/autograd.cpp)."""
-    _C.set_deterministic(bool(enabled))
+    """Use the deterministic backward (or stop asking for it) from now on, on every device."""
+    global _enabled
+    _enabled = bool(enabled)
+    _C.set_deterministic(_enabled)
 
 
 def is_deterministic() -> bool:
     """Whether set_deterministic(True) (or the deterministic() context) is in force."""
-    return _C.is_deterministic()
+    return _enabled
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import stn_cuda
 from stn_cuda import _reference
@@ -294,6 +295,37 @@ def test_first_backward_is_unchanged(device, padding_mode):
         recorded = torch.autograd.grad(out, args, go, create_graph=True)
         assert all(torch.equal(a, b) for a, b in zip(plain, recorded))
         assert all(g.requires_grad for g in recorded)
+
+
+class BackwardMasks(TorchDispatchMode):
+    """Records the output_mask of every stn_cuda backward op that runs under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.name() in ("stn_cuda::grid_sample_backward", "stn_cuda::affine_sample_backward"):
+            self.masks.append(list(args[6]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_backward_computes_the_gradients_asked_for(device):
+    """A backward pass that asks for one input's gradient computes that one alone (the
+    backward op's output_mask), whatever else requires grad, and it equals the full
+    backward's."""
+    input = random_input(2, 3, 5, 6, device=device).requires_grad_()
+    grid = smooth_grid(2, (4, 4), (5, 6), False, device).requires_grad_()
+    theta = random_theta(2, device=device).requires_grad_()
+    for out, args in [(stn_cuda.grid_sample(input, grid), (input, grid)),
+                      (stn_cuda.affine_sample(input, theta), (input, theta))]:
+        go = torch.randn_like(out)
+        full = torch.autograd.grad(out, args, go, retain_graph=True)
+        for k, wanted in enumerate(args):
+            with BackwardMasks() as recorded:
+                got, = torch.autograd.grad(out, wanted, go, retain_graph=True)
+            assert recorded.masks == [[k == 0, k == 1]]
+            assert torch.equal(got, full[k])
 
 
 def backward_op_calls(device):
