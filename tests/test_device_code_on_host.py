@@ -1,5 +1,5 @@
-"""The CUDA kernels' warp-level and channel-vector code, compiled for the CPU and run on an
-emulated warp (tests/host): it runs in every test session, GPU or not. See
+"""The CUDA kernels' warp- and block-level code and their channel-vector math, compiled for the
+CPU and run on emulated warps and blocks (tests/host): it runs in every test session, GPU or not. See
 tests/host/device_code_test.cpp for what it checks."""
 import os
 import shutil
@@ -33,7 +33,7 @@ def program(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_warp_scatter_loop_and_channel_math(program):
+def test_warp_scatter_loop_block_sums_and_channel_math(program):
     seed = torch.initial_seed() % 2**32
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)  # the program links its own sanitizer runtime

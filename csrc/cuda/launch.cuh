@@ -1,6 +1,6 @@
 // What the CUDA kernels of sampler_cuda.cu (images) and volume_cuda.cu
-// (volumes) share: the launch plan, their loops (loops.cuh), and the per-block reduction
-// and gradient stores of the backward passes.
+// (volumes) share: the launch plan, their loops (loops.cuh), the per-block
+// reductions (block_sums.cuh) and the gradient stores of the backward passes.
 #pragma once
 
 #include <ATen/ops/empty.h>
@@ -9,6 +9,7 @@
 #include <c10/util/accumulate.h>
 
 #include "../kernels.h"
+#include "block_sums.cuh"
 #include "loops.cuh"
 
 #include <algorithm>
@@ -16,7 +17,6 @@
 
 namespace stn {
 
-constexpr int kMaxThreads = 256;
 // Split channels across threads until about this many threads run.
 constexpr int64_t kTargetThreads = int64_t(1) << 18;
 
@@ -75,59 +75,6 @@ void with_point_index_type(const In& in, int64_t points, F&& f) {
 }
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
-
-// Sum of v over the block, valid in thread 0. Every thread of the block must call it.
-template <typename T>
-__device__ T block_sum(T v) {
-  __shared__ T warp_sums[kMaxThreads / 32];
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  const int lane = static_cast<int>(lane_id()), warp = threadIdx.x >> 5;
-  __syncthreads();  // the previous call's reads of warp_sums are done
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < blockDim.x / 32 ? warp_sums[threadIdx.x] : T(0);
-  if (warp == 0) {
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
-  }
-  return v;
-}
-
-// The block's sums of v[0..K) added to dst[0..K) (grad_theta of one batch
-// element), once per block. Every thread of the block must call it.
-template <int K, typename T>
-__device__ void add_block_sums(T* dst, const T (&v)[K]) {
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const T s = block_sum(v[k]);
-    if (threadIdx.x == 0) atomicAdd(dst + k, s);
-  }
-}
-
-// The block's sums of v[0..K) stored as row (n, blockIdx.x) of partials
-// (N, gridDim.x, K), for sum_block_partials to add in a fixed order: unlike
-// add_block_sums' atomics, the same bits run after run. Every thread of the
-// block must call it, and every (n, block) pair of the launch writes its row.
-template <int K, typename T>
-__device__ void store_block_sums(T* partials, int64_t n, const T (&v)[K]) {
-  T* dst = partials + (n * gridDim.x + blockIdx.x) * K;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const T s = block_sum(v[k]);
-    if (threadIdx.x == 0) dst[k] = s;
-  }
-}
-
-// The block's sums of v[0..K) into batch element n's row of sums (N, K):
-// added atomically (sums zeroed beforehand), or, where partials is set, stored
-// there for sum_block_partials.
-template <int K, typename T>
-__device__ void reduce_block_sums(T* sums, T* partials, int64_t n, const T (&v)[K]) {
-  if (partials != nullptr) {
-    store_block_sums(partials, n, v);
-  } else {
-    add_block_sums(sums + K * n, v);
-  }
-}
 
 // The partials buffer of a launch for `sums` (N, ...), K values per batch element.
 inline at::Tensor block_partials(const at::Tensor& sums, const LaunchPlan& plan) {

@@ -5,6 +5,9 @@
 
 namespace stn {
 
+// The most threads of a block (plan_launch's, and every kernel's launch bounds).
+constexpr int kMaxThreads = 256;
+
 // This thread's first point and the stride of the loop over points, in the
 // points' index type.
 template <typename T>

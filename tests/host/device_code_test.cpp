@@ -6,11 +6,14 @@
 //    image, and as many shuffle steps as the longest run needs;
 //  - STN_FOR_EACH_WARP_POINT (csrc/cuda/loops.cuh): every point once, and
 //    `lanes` the warp's first lanes, those whose point is in range;
+//  - the block reductions of block_sums.cuh (grad_theta's), on emulated blocks
+//    of every size plan_launch makes: the plain sums, once per block;
 //  - interpolate_channels and interpolate_backward_channels (sampler_math.h),
 //    which the channel-vector kernels use, against the one-channel functions.
 // Prints one line per failure and a summary; exits 1 if anything failed.
 #include "warp_emulator.h"
 
+#include "cuda/block_sums.cuh"
 #include "cuda/scatter.cuh"
 
 #include <algorithm>
@@ -206,6 +209,51 @@ void test_warp_loop(index_t P, unsigned threads, unsigned grid) {
   }
 }
 
+// block_sum, and reduce_block_sums both ways (atomic adds into sums, stored
+// partials), on one block of a launch: thread 0's sums equal the plain sums
+// (exact: multiples of 1/4), one atomic add per value, nothing else written.
+template <typename T>
+void test_block_sums(Rng& rng) {
+  constexpr int K = 6;  // grad_theta's values
+  for (unsigned threads : {32u, 64u, 96u, 160u, 256u}) {
+    const unsigned grid = 3, block = static_cast<unsigned>(rng() % grid);
+    const int64_t N = 2, n = static_cast<int64_t>(rng() % N);
+    std::vector<T> values(threads * K);
+    for (T& v : values) v = T(int(rng() % 17) - 8) / 4;
+    T expected[K] = {};
+    for (unsigned t = 0; t < threads; ++t) {
+      for (int k = 0; k < K; ++k) expected[k] += values[t * K + k];
+    }
+    const T sentinel = T(12345);
+    std::vector<T> sums(N * K, T(0)), partials(N * grid * K, sentinel);
+    T first = std::numeric_limits<T>::quiet_NaN();
+    warp_emulator::atomic_log().addresses.clear();
+    warp_emulator::run_block([&] {
+      T v[K];
+      for (int k = 0; k < K; ++k) v[k] = values[threadIdx.x * K + k];
+      const T s = block_sum(v[0]);
+      if (threadIdx.x == 0) first = s;
+      reduce_block_sums(sums.data(), static_cast<T*>(nullptr), n, v);
+      reduce_block_sums(sums.data(), partials.data(), n, v);
+    }, threads, block, grid);
+    EXPECT(first == expected[0], "%u threads: block_sum %g, expected %g", threads, double(first),
+           double(expected[0]));
+    for (int64_t i = 0; i < N * K; ++i) {
+      const T want = i / K == n ? expected[i % K] : T(0);
+      EXPECT(sums[i] == want, "%u threads: sums[%lld] = %g, expected %g", threads, (long long)i,
+             double(sums[i]), double(want));
+    }
+    for (int64_t i = 0; i < N * grid * K; ++i) {
+      const bool mine = i / K == n * grid + block;
+      const T want = mine ? expected[i % K] : sentinel;
+      EXPECT(partials[i] == want, "%u threads: partials[%lld] = %g, expected %g", threads,
+             (long long)i, double(partials[i]), double(want));
+    }
+    EXPECT(warp_emulator::atomic_log().addresses.size() == K, "%u threads: %zu atomic adds",
+           threads, warp_emulator::atomic_log().addresses.size());
+  }
+}
+
 // The channel-vector math against the one-channel functions it stands for:
 // values and grad_input bit for bit, the gradient with respect to the pixel
 // (summed in another order) to rounding.
@@ -270,6 +318,10 @@ int main(int argc, char** argv) {
   for (int64_t P : {0, 1, 31, 32, 33, 63, 64, 65, 200, 511, 512, 513, 1000}) {
     test_warp_loop<int32_t>(static_cast<int32_t>(P), 64, 3);
     test_warp_loop<int64_t>(P, 256, 2);
+  }
+  for (int i = 0; i < 4; ++i) {
+    test_block_sums<float>(rng);
+    test_block_sums<double>(rng);
   }
   for (int i = 0; i < cases; ++i) {
     test_channel_math<4, float, int32_t>(rng);

@@ -1,8 +1,12 @@
-// One CUDA warp emulated on the CPU, so that the warp-level code of csrc/cuda
-// (scatter.cuh, loops.cuh) compiles with a host compiler and runs in the tests
-// without a GPU.
+// CUDA warps and blocks emulated on the CPU, so that the warp- and block-level
+// code of csrc/cuda (scatter.cuh, block_sums.cuh, loops.cuh) compiles with a
+// host compiler and runs in the tests without a GPU.
 //
-// Each lane is a std::thread. The warp intrinsics are collectives, as on the
+// Each thread is a std::thread. __syncthreads is a barrier of the block's
+// threads (a thread that returns while others wait there fails the program,
+// as does one that never comes); __shared__ variables are static, which is
+// what shared memory is while one block runs at a time.
+// The warp intrinsics are collectives, as on the
 // GPU since Volta: a call returns once every lane named in its mask has made
 // the same call with the same mask, the lanes need not arrive together, and
 // lanes with disjoint masks may call at the same time. The emulator checks
@@ -11,9 +15,9 @@
 // that names it waits, or leaves the others waiting. A lane that reads a lane outside
 // the mask (undefined on the GPU) gets poison: NaN, or an odd integer.
 //
-// What it does not model: memory ordering between lanes (the code under test
-// shares data only through the intrinsics and atomics) and warps of a block
-// running at once (run_warp emulates one warp at a time).
+// What it does not model: memory ordering between threads beyond what the
+// barrier and the intrinsics give, and blocks running at once (run_block runs
+// one block; run_warp one warp of a block).
 #pragma once
 
 #include <chrono>
@@ -31,6 +35,7 @@
 #include <vector>
 
 #define __device__
+#define __shared__ static
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -44,7 +49,8 @@ using std::min;
 namespace warp_emulator {
 
 [[noreturn]] inline void fail(const char* what, int lane, const char* call, unsigned mask) {
-  std::fprintf(stderr, "warp emulator: lane %d %s (%s, mask %08x)\n", lane, what, call, mask);
+  std::fprintf(stderr, "warp emulator: thread %u (lane %d) %s (%s, mask %08x)\n", threadIdx.x, lane,
+               what, call, mask);
   std::fflush(stderr);
   std::_Exit(2);
 }
@@ -85,8 +91,7 @@ class Collectives {
     return values;
   }
 
-  // Lanes about to run a new body, or this one leaving its body.
-  void reset() { returned_ = 0; }
+  // This lane leaving its body.
   void leave() {
     const int me = lane();
     std::lock_guard<std::mutex> lock(mutex_);
@@ -113,10 +118,44 @@ class Collectives {
   unsigned returned_ = 0;
 };
 
-inline Collectives& collectives() {
-  static Collectives c;
-  return c;
-}
+// __syncthreads: every running thread of the block arrives before any goes on.
+class Barrier {
+ public:
+  explicit Barrier(unsigned threads) : threads_(threads) {}
+  void arrive() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (returned_ > 0) {
+      fail("waits at __syncthreads for a thread that has returned", lane(), "__syncthreads", 0);
+    }
+    const uint64_t generation = generation_;
+    if (++arrived_ == threads_) {
+      arrived_ = 0;
+      ++generation_;
+      woken_.notify_all();
+    } else if (!woken_.wait_for(lock, std::chrono::seconds(10),
+                                [&] { return generation_ != generation; })) {
+      fail("waits at __syncthreads for threads that never come", lane(), "__syncthreads", 0);
+    }
+  }
+  void leave() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (arrived_ > 0) fail("returns while others wait at __syncthreads", lane(), "__syncthreads", 0);
+    ++returned_;
+  }
+
+ private:
+  const unsigned threads_;
+  unsigned arrived_ = 0, returned_ = 0;
+  uint64_t generation_ = 0;
+  std::mutex mutex_;
+  std::condition_variable woken_;
+};
+
+// The calling thread's warp and block (run_block and run_warp set them).
+inline thread_local Collectives* this_warp = nullptr;
+inline thread_local Barrier* this_block = nullptr;
+
+inline Collectives& collectives() { return *this_warp; }
 
 template <typename T>
 uint64_t bits_of(T v) {
@@ -151,24 +190,40 @@ T shuffle(const char* call, unsigned mask, T v, int source) {
   return mask >> source & 1 ? from_bits<T>(all[source]) : poison<T>();
 }
 
-// Runs body() on the 32 lanes of warp `warp` of block `block` of a launch of
-// `grid` blocks of `threads` threads (a multiple of 32), one thread per lane,
-// and returns when every lane has returned.
-inline void run_warp(const std::function<void()>& body, unsigned warp = 0, unsigned block = 0,
-                     unsigned threads = 32, unsigned grid = 1) {
-  collectives().reset();
-  std::vector<std::thread> lanes;
-  for (unsigned l = 0; l < 32; ++l) {
-    lanes.emplace_back([&, l] {
-      threadIdx = {warp * 32 + l, 0, 0};
+// Runs body() on threads [first, first + count) of block `block` of a launch of
+// `grid` blocks of `threads` threads (a multiple of 32), one std::thread each,
+// and returns when every one has returned.
+inline void run_threads(const std::function<void()>& body, unsigned first, unsigned count,
+                        unsigned block, unsigned threads, unsigned grid) {
+  std::vector<Collectives> warps(threads / 32);
+  Barrier barrier(count);
+  std::vector<std::thread> running;
+  for (unsigned t = first; t < first + count; ++t) {
+    running.emplace_back([&, t] {
+      threadIdx = {t, 0, 0};
       blockIdx = {block, 0, 0};
       blockDim = {threads, 1, 1};
       gridDim = {grid, 1, 1};
+      this_warp = &warps[t / 32];
+      this_block = &barrier;
       body();
       collectives().leave();
+      barrier.leave();
     });
   }
-  for (std::thread& t : lanes) t.join();
+  for (std::thread& t : running) t.join();
+}
+
+// body() on the 32 lanes of warp `warp` of a block (its other warps do not run).
+inline void run_warp(const std::function<void()>& body, unsigned warp = 0, unsigned block = 0,
+                     unsigned threads = 32, unsigned grid = 1) {
+  run_threads(body, warp * 32, 32, block, threads, grid);
+}
+
+// body() on every thread of block `block`.
+inline void run_block(const std::function<void()>& body, unsigned threads, unsigned block = 0,
+                      unsigned grid = 1) {
+  run_threads(body, 0, threads, block, threads, grid);
 }
 
 // The atomic adds of the lanes, in the order they happened.
@@ -227,3 +282,5 @@ inline int __ffs(int x) { return __builtin_ffs(x); }
 
 inline float atomicAdd(float* address, float v) { return warp_emulator::atomic_add(address, v); }
 inline double atomicAdd(double* address, double v) { return warp_emulator::atomic_add(address, v); }
+
+inline void __syncthreads() { warp_emulator::this_block->arrive(); }
