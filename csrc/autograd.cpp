@@ -5,9 +5,11 @@
 // backward ops' own autograd (double backward) stays in Python
 // (stn_cuda/_ops.py): it runs only where a graph of a backward is recorded.
 //
-// Each forward saves its tensor inputs and options; its backward calls the
-// backward op for the gradients that are needed alone (output_mask), straight
-// to the kernel unless a graph of the backward is being recorded.
+// A call whose inputs need no gradient goes straight to the kernel, with no
+// autograd node, as torch's own ops do. Otherwise each forward saves its tensor
+// inputs and options; its backward calls the backward op for the gradients
+// that are needed alone (output_mask), straight to the kernel unless a graph of
+// the backward is being recorded.
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -54,6 +56,11 @@ auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& handle, Args
   return handle.call(std::forward<Args>(args)...);
 }
 
+// Whether a call records a graph: grad mode on and a tensor input requiring grad.
+bool records_graph(const Tensor& a, const Tensor& b = Tensor()) {
+  return at::GradMode::is_enabled() && (a.requires_grad() || (b.defined() && b.requires_grad()));
+}
+
 // A backward op: through its own autograd where a graph of the backward is
 // recorded (create_graph=True: double backward), else straight to its kernel.
 template <typename Signature, typename... Args>
@@ -95,13 +102,16 @@ variable_list sampler_backward(AutogradContext* ctx,
 // The Functions, outside the anonymous namespace: their names are the grad_fn's
 // (torch::autograd::CppNode<stn::GridSample>).
 struct GridSample : torch::autograd::Function<GridSample> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& grid,
-                        int64_t interpolation, int64_t padding, bool align_corners) {
+  static const auto& kernel() {
     static const auto handle =
         op<Tensor(const Tensor&, const Tensor&, int64_t, int64_t, bool)>("stn_cuda::grid_sample");
+    return handle;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& grid,
+                        int64_t interpolation, int64_t padding, bool align_corners) {
     ctx->save_for_backward({input, grid});
     save_sampling(ctx, interpolation, padding, align_corners);
-    return call_below_autograd(handle, input, grid, interpolation, padding, align_corners);
+    return call_below_autograd(kernel(), input, grid, interpolation, padding, align_corners);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     static const auto handle = op<SamplerBackward>("stn_cuda::grid_sample_backward");
@@ -110,15 +120,18 @@ struct GridSample : torch::autograd::Function<GridSample> {
 };
 
 struct AffineSample : torch::autograd::Function<AffineSample> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& theta,
-                        at::IntArrayRef out_size, int64_t interpolation, int64_t padding,
-                        bool align_corners) {
+  static const auto& kernel() {
     static const auto handle =
         op<Tensor(const Tensor&, const Tensor&, at::IntArrayRef, int64_t, int64_t, bool)>(
             "stn_cuda::affine_sample");
+    return handle;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& theta,
+                        at::IntArrayRef out_size, int64_t interpolation, int64_t padding,
+                        bool align_corners) {
     ctx->save_for_backward({input, theta});
     save_sampling(ctx, interpolation, padding, align_corners);
-    return call_below_autograd(handle, input, theta, out_size, interpolation, padding,
+    return call_below_autograd(kernel(), input, theta, out_size, interpolation, padding,
                                align_corners);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -128,12 +141,15 @@ struct AffineSample : torch::autograd::Function<AffineSample> {
 };
 
 struct AffineGrid : torch::autograd::Function<AffineGrid> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& theta, at::IntArrayRef size,
-                        bool align_corners) {
+  static const auto& kernel() {
     static const auto handle =
         op<Tensor(const Tensor&, at::IntArrayRef, bool)>("stn_cuda::affine_grid");
+    return handle;
+  }
+  static Tensor forward(AutogradContext* ctx, const Tensor& theta, at::IntArrayRef size,
+                        bool align_corners) {
     ctx->saved_data["align_corners"] = align_corners;
-    return call_below_autograd(handle, theta, size, align_corners);
+    return call_below_autograd(kernel(), theta, size, align_corners);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     static const auto handle = op<Tensor(const Tensor&, bool)>("stn_cuda::affine_grid_backward");
@@ -146,15 +162,26 @@ namespace {
 
 Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolation,
                    int64_t padding, bool align_corners) {
+  if (!records_graph(input, grid)) {
+    return call_below_autograd(GridSample::kernel(), input, grid, interpolation, padding,
+                               align_corners);
+  }
   return GridSample::apply(input, grid, interpolation, padding, align_corners);
 }
 
 Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef out_size,
                      int64_t interpolation, int64_t padding, bool align_corners) {
+  if (!records_graph(input, theta)) {
+    return call_below_autograd(AffineSample::kernel(), input, theta, out_size, interpolation,
+                               padding, align_corners);
+  }
   return AffineSample::apply(input, theta, out_size, interpolation, padding, align_corners);
 }
 
 Tensor affine_grid(const Tensor& theta, at::IntArrayRef size, bool align_corners) {
+  if (!records_graph(theta)) {
+    return call_below_autograd(AffineGrid::kernel(), theta, size, align_corners);
+  }
   return AffineGrid::apply(theta, size, align_corners);
 }
 

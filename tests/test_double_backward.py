@@ -328,6 +328,32 @@ def test_backward_computes_the_gradients_asked_for(device):
             assert torch.equal(got, full[k])
 
 
+def test_graph_only_where_a_gradient_is_wanted(device):
+    """A call records an autograd node where grad mode is on and an input requires grad,
+    whichever input that is, and otherwise none (csrc/autograd.cpp's shortcut to the
+    kernel); the values are the same bits either way."""
+    input = random_input(2, 3, 5, 6, device=device)
+    grid = smooth_grid(2, (4, 4), (5, 6), False, device)
+    theta = random_theta(2, device=device)
+    calls = [(stn_cuda.grid_sample, (input, grid)), (stn_cuda.affine_sample, (input, theta)),
+             (lambda theta: stn_cuda.affine_grid(theta, (2, 3, 4, 4)), (theta,))]
+    for fn, args in calls:
+        plain = fn(*args)
+        assert plain.grad_fn is None and not plain.requires_grad
+        for k in range(len(args)):
+            wanting = [leaf(a) if i == k else a for i, a in enumerate(args)]
+            with torch.no_grad():
+                unrecorded = fn(*wanting)
+            assert unrecorded.grad_fn is None and not unrecorded.requires_grad
+            out = fn(*wanting)
+            assert out.grad_fn.name().startswith("torch::autograd::CppNode<stn::")
+            grad, = torch.autograd.grad(out, wanting[k], torch.ones_like(out))
+            assert grad.shape == args[k].shape
+            assert torch.equal(plain, unrecorded) and torch.equal(plain, out.detach())
+        with torch.inference_mode():
+            assert torch.equal(fn(*args), plain)
+
+
 def backward_op_calls(device):
     """The backward ops, now differentiable, with arguments that require grad."""
     input = random_input(2, 3, 5, 6, device=device).requires_grad_()
