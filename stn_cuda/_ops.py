@@ -3,14 +3,29 @@ kernels, for torch.compile and shape propagation, and the backward ops' autograd
 formulas (double backward: gradients of gradients).
 
 The ops themselves (schemas, checks, CPU and CUDA kernels, autocast casts, the forward
-ops' autograd) are in csrc/.
+ops' autograd) are in csrc/; their torch.func support in stn_cuda/_functorch.py.
 """
+import types
+
 import torch
 
 from . import _C  # noqa: F401  (loads the library, registering torch.ops.stn_cuda)
 from . import _reference
 
 ops = torch.ops.stn_cuda
+
+# functorch's transforms (torch.func.grad, vjp, jacrev, vmap) refuse the forward ops' C++
+# autograd and torch.library's Python autograd of the backward ops: while one is active,
+# autograd goes through Python autograd.Functions of the same ops instead, which
+# stn_cuda/_functorch.py puts here under the ops' names, with the ops' signatures.
+functorch_ops = types.SimpleNamespace()
+
+
+def differentiable_ops():
+    """The ops as a differentiable computation calls them: torch.ops', or while a
+    torch.func transform is active, functorch_ops (torch.compile takes the test for a
+    constant)."""
+    return functorch_ops if torch._C._are_functorch_transforms_active() else ops
 
 try:  # Tensor.suggest_memory_format, which Python tensors lack (FakeTensor included)
     from torch._prims_common import suggest_memory_format
@@ -88,18 +103,13 @@ def _sampler_grid_terms(grad_output, input, grid, gg_grid, options, needs):
     grad_output, input and grid (None where not needed), from the reference."""
     if options[0] == _reference.NEAREST or not any(needs):
         return None, None, None  # nearest's grad_grid is 0 everywhere
-    create_graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        # A tensor with history keeps it when the graph is recorded (so that the result
-        # is differentiable again); otherwise a fresh leaf stands for it.
-        go, x, g = (t if create_graph and t.requires_grad else t.detach().requires_grad_()
-                    for t in (grad_output, input, grid))
-        grad_grid, = torch.autograd.grad(_reference.grid_sample(x, g, *options), g, go,
-                                         create_graph=True)
-        wanted = [t for t, need in zip((go, x, g), needs) if need]
-        found = iter(torch.autograd.grad(grad_grid, wanted, gg_grid, create_graph=create_graph,
-                                         allow_unused=True, materialize_grads=True))
-    return tuple(next(found) if need else None for need in needs)
+    # By torch.func's vjp, which works inside its transforms as outside them, and whose
+    # results are differentiable again where a graph is recorded.
+    def grad_grid(go, x, g):
+        return torch.func.vjp(lambda g: _reference.grid_sample(x, g, *options), g)[1](go)[0]
+
+    terms = torch.func.vjp(grad_grid, grad_output, input, grid)[1](gg_grid)
+    return tuple(t if need else None for t, need in zip(terms, needs))
 
 
 def _save_backward_inputs(ctx, inputs, output):
@@ -115,14 +125,15 @@ def _save_backward_inputs(ctx, inputs, output):
 def _grid_sample_double_backward(ctx, gg_input, gg_grid):
     grad_output, input, grid = ctx.saved_tensors
     needs = ctx.needs_input_grad[:3]
+    op = differentiable_ops()
     d_go = d_input = d_grid = None
     if gg_input is not None:
         # <gg_input, S^T grad_output> = <S gg_input, grad_output>: the sampler applied to
         # gg_input, and its gradient with respect to the grid.
         if needs[0]:
-            d_go = ops.grid_sample(gg_input, grid, *ctx.options)
+            d_go = op.grid_sample(gg_input, grid, *ctx.options)
         if needs[2]:
-            d_grid = ops.grid_sample_backward(grad_output, gg_input, grid, *ctx.options, [False, True],
+            d_grid = op.grid_sample_backward(grad_output, gg_input, grid, *ctx.options, [False, True],
                                               ctx.deterministic)[1]
     if gg_grid is not None:
         terms = _sampler_grid_terms(grad_output, input, grid, gg_grid, ctx.options, needs)
@@ -135,21 +146,22 @@ def _affine_sample_double_backward(ctx, gg_input, gg_theta):
     align_corners = ctx.options[2]
     out_size = grad_output.shape[2:]
     needs = ctx.needs_input_grad[:3]
+    op = differentiable_ops()
     d_go = d_input = d_theta = None
     if gg_input is not None:  # as for grid_sample, with the fused ops
         if needs[0]:
-            d_go = ops.affine_sample(gg_input, theta, out_size, *ctx.options)
+            d_go = op.affine_sample(gg_input, theta, out_size, *ctx.options)
         if needs[2]:
-            d_theta = ops.affine_sample_backward(grad_output, gg_input, theta, *ctx.options, [False, True],
+            d_theta = op.affine_sample_backward(grad_output, gg_input, theta, *ctx.options, [False, True],
                                                  ctx.deterministic)[1]
     if gg_theta is not None:
         # grad_theta = affine_grid_backward(grad_grid), whose adjoint is affine_grid: the
         # grid's terms, with the grid and gg_grid generated (in float32 at least).
         dtype = torch.promote_types(theta.dtype, torch.float32)
-        grid = ops.affine_grid(theta.to(dtype), grad_output.shape, align_corners)
-        gg_grid = ops.affine_grid(gg_theta.to(dtype), grad_output.shape, align_corners)
+        grid = op.affine_grid(theta.to(dtype), grad_output.shape, align_corners)
+        gg_grid = op.affine_grid(gg_theta.to(dtype), grad_output.shape, align_corners)
         t_go, t_input, t_grid = _sampler_grid_terms(grad_output, input, grid, gg_grid, ctx.options, needs)
-        t_theta = None if t_grid is None else ops.affine_grid_backward(t_grid, align_corners).to(theta.dtype)
+        t_theta = None if t_grid is None else op.affine_grid_backward(t_grid, align_corners).to(theta.dtype)
         d_go, d_input, d_theta = map(_add, (d_go, d_input, d_theta), (t_go, t_input, t_theta))
     return d_go, d_input, d_theta, None, None, None, None, None
 
@@ -162,7 +174,7 @@ def _affine_grid_backward_setup(ctx, inputs, output):
 
 def _affine_grid_double_backward(ctx, gg_theta):
     # affine_grid_backward is linear in grad_grid, the adjoint of affine_grid.
-    return ops.affine_grid(gg_theta, ctx.size, ctx.align_corners), None
+    return differentiable_ops().affine_grid(gg_theta, ctx.size, ctx.align_corners), None
 
 
 for _name, _backward, _setup in [

@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 import torch
 
 from . import _C
-from ._ops import ops
+from . import _functorch  # noqa: F401  (torch.func support: fills _ops.functorch_ops)
+from ._ops import differentiable_ops
 
 __all__ = ["grid_sample", "affine_grid", "affine_sample"]
 
@@ -59,7 +60,7 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
     _check_tensor("grid_sample", "input", input)
     _check_tensor("grid_sample", "grid", grid)
     mode_code, padding_code = _mode_codes("grid_sample", mode, padding_mode)
-    return ops.grid_sample(input, grid, mode_code, padding_code, bool(align_corners))
+    return differentiable_ops().grid_sample(input, grid, mode_code, padding_code, bool(align_corners))
 
 
 _SPATIAL = {2: "(H_out, W_out)", 3: "(D_out, H_out, W_out)"}
@@ -105,7 +106,7 @@ def affine_grid(theta: torch.Tensor, size: Sequence[int],
         raise ValueError(
             f"stn_cuda.affine_grid(): expected theta's batch size {theta.shape[0]} to equal size[0], {size[0]}")
     out_size = _out_size("affine_grid", size[2:], "size[2:]", dims, f"for a {len(size)}-D size")
-    return ops.affine_grid(theta, [int(size[0]), int(size[1]), *out_size], bool(align_corners))
+    return differentiable_ops().affine_grid(theta, [int(size[0]), int(size[1]), *out_size], bool(align_corners))
 
 
 def affine_sample(input: torch.Tensor, theta: torch.Tensor, out_size: Optional[Sequence[int]] = None,
@@ -129,4 +130,4 @@ def affine_sample(input: torch.Tensor, theta: torch.Tensor, out_size: Optional[S
     out_size = _out_size("affine_sample", input.shape[2:] if out_size is None else out_size, "out_size", dims,
                          context)
     mode_code, padding_code = _mode_codes("affine_sample", mode, padding_mode)
-    return ops.affine_sample(input, theta, out_size, mode_code, padding_code, bool(align_corners))
+    return differentiable_ops().affine_sample(input, theta, out_size, mode_code, padding_code, bool(align_corners))

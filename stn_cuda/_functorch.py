@@ -1,0 +1,105 @@
+"""torch.func support: grad, vjp, jacrev and vmap, and their compositions
+(vmap(grad(f)): per-sample gradients; grad(grad(f))).
+
+functorch's transforms refuse the forward ops' C++ autograd (csrc/autograd.cpp) and the
+Python autograd that torch.library gives the backward ops (stn_cuda/_ops.py). While one
+is active, stn_cuda calls the autograd.Functions below instead (_ops.functorch_ops): the
+same ops, forward and backward, with the same formulas, so the same values and
+gradients. Under vmap, each op's own vmap rule (registered here) folds the vmapped
+dimension into the batch: one call for all of it.
+"""
+import torch
+
+from . import _ops
+from .determinism import is_deterministic
+
+ops = _ops.ops
+
+
+def _backward_is_deterministic(input):
+    # As csrc/autograd.cpp's backward_is_deterministic decides it.
+    return is_deterministic() or (input.is_cuda and torch.are_deterministic_algorithms_enabled())
+
+
+def _function(name, forward, setup_context, backward):
+    """An autograd.Function of op `name` in the form functorch takes (forward without ctx,
+    setup_context apart; vmap by the ops' rules)."""
+    return type(name, (torch.autograd.Function,), {
+        "generate_vmap_rule": True, "forward": staticmethod(forward),
+        "setup_context": staticmethod(setup_context), "backward": staticmethod(backward)})
+
+
+def _save_sampler_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:2])  # input, and grid or theta
+    ctx.options = inputs[2:]
+
+
+def _sampler_backward(backward_op):
+    """A sampler's first backward, by its backward op, as csrc/autograd.cpp's computes it."""
+    def backward(ctx, grad_output):
+        input, source = ctx.saved_tensors
+        sampling = ctx.options[-3:]  # interpolation, padding, align_corners
+        grads = getattr(_ops.functorch_ops, backward_op)(
+            grad_output, input, source, *sampling, list(ctx.needs_input_grad[:2]),
+            _backward_is_deterministic(input))
+        return (*grads, *(None for _ in ctx.options))
+    return backward
+
+
+def _save_affine_grid_inputs(ctx, inputs, output):
+    ctx.align_corners = inputs[2]
+
+
+def _affine_grid_backward(ctx, grad_grid):
+    return _ops.functorch_ops.affine_grid_backward(grad_grid, ctx.align_corners), None, None
+
+
+_FUNCTIONS = {
+    "grid_sample": (_save_sampler_inputs, _sampler_backward("grid_sample_backward")),
+    "affine_sample": (_save_sampler_inputs, _sampler_backward("affine_sample_backward")),
+    "affine_grid": (_save_affine_grid_inputs, _affine_grid_backward),
+    "grid_sample_backward": (_ops._save_backward_inputs, _ops._grid_sample_double_backward),
+    "affine_sample_backward": (_ops._save_backward_inputs, _ops._affine_sample_double_backward),
+    "affine_grid_backward": (_ops._affine_grid_backward_setup, _ops._affine_grid_double_backward),
+}
+
+for _name, (_setup, _backward) in _FUNCTIONS.items():
+    # The forward, with grad mode off, goes straight to the kernels. torch.compile runs
+    # these eagerly, at a graph break: it cannot trace the C++ ops under a transform.
+    _fn = _function(f"{_name}_function", getattr(ops, _name).default, _setup, _backward)
+    setattr(_ops.functorch_ops, _name, torch.compiler.disable(_fn.apply, recursive=True))
+
+
+# -- vmap rules: the vmapped dimension folded into the batch (dimension 0) -------------------
+
+def _fold(info, tensor, dim):
+    """tensor's vmapped dimension (None: not vmapped, so broadcast) and batch dimension
+    merged into one batch of info.batch_size * N."""
+    if tensor is None:
+        return None
+    tensor = tensor.expand(info.batch_size, *tensor.shape) if dim is None else tensor.movedim(dim, 0)
+    return tensor.flatten(0, 1)
+
+
+def _unfold(info, tensor):
+    return None if tensor is None else tensor.unflatten(0, (info.batch_size, -1))
+
+
+def _vmap_rule(op, tensors, size_arg=None):
+    """The rule of an op whose first `tensors` arguments are batched tensors (and whose
+    argument size_arg, if any, is affine_grid's size, whose N grows with the batch)."""
+    def rule(info, in_dims, *args):
+        args = [_fold(info, a, d) for a, d in zip(args[:tensors], in_dims)] + list(args[tensors:])
+        if size_arg is not None:
+            args[size_arg] = [info.batch_size * args[size_arg][0], *args[size_arg][1:]]
+        out = op(*args)
+        if isinstance(out, torch.Tensor):
+            return _unfold(info, out), 0
+        return tuple(_unfold(info, o) for o in out), tuple(None if o is None else 0 for o in out)
+    return rule
+
+
+for _name, _tensors, _size_arg in [("grid_sample", 2, None), ("affine_sample", 2, None),
+                                   ("affine_grid", 1, 1), ("grid_sample_backward", 3, None),
+                                   ("affine_sample_backward", 3, None), ("affine_grid_backward", 1, None)]:
+    torch.library.register_vmap(f"stn_cuda::{_name}", _vmap_rule(getattr(ops, _name).default, _tensors, _size_arg))

@@ -1,0 +1,191 @@
+"""torch.func's transforms (grad, vjp, jacrev, vmap and their compositions) over
+grid_sample, affine_sample and affine_grid: the same values and gradients as torch's
+functions under the same transforms, or as plain autograd where torch has none (double
+backward), and vmap by the ops' own rules (stn_cuda/_functorch.py), not a loop."""
+import functools
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import grad, jacrev, vjp, vmap
+
+import stn_cuda
+from helpers import Ops, leaf, make, random_theta, torch_affine_sample
+
+MODES = ["bilinear", "nearest", "bicubic"]
+
+
+def samplers(mode, padding_mode, align_corners):
+    """(name, stn_cuda's, torch's, geometry maker) per function: each takes (input, geometry)."""
+    options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    out_size = (4, 3)
+    return [
+        ("grid_sample", functools.partial(stn_cuda.grid_sample, **options),
+         functools.partial(F.grid_sample, **options)),
+        ("affine_sample", lambda x, theta: stn_cuda.affine_sample(x, theta, out_size, **options),
+         lambda x, theta: torch_affine_sample(x, theta, out_size, **options)),
+    ]
+
+
+def inputs(device, n=2):
+    input, grid = make((n, 3, 5, 6, 4, 3), device)
+    theta = random_theta(n, device=device)
+    return input.detach(), {"grid_sample": grid.detach(), "affine_sample": theta}
+
+
+def assert_all_close(got, expected):
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-8)
+
+
+@pytest.fixture
+def no_loop_warnings():
+    """Fails a test in which vmap falls back to a loop over an stn_cuda op (its warning
+    names the op) or a transform warns about stn_cuda."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert not [w for w in caught if "stn_cuda" in str(w.message)], [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grad_and_jacrev_match_torch(device, mode, padding_mode, align_corners, no_loop_warnings):
+    input, geometry = inputs(device)
+    for name, ours, theirs in samplers(mode, padding_mode, align_corners):
+        args = (input, geometry[name])
+        weight = torch.randn_like(theirs(*args))
+
+        def loss(fn):
+            return lambda x, g: (fn(x, g) * weight).sum()
+
+        assert_all_close(grad(loss(ours), argnums=(0, 1))(*args), grad(loss(theirs), argnums=(0, 1))(*args))
+        assert_all_close(jacrev(ours, argnums=(0, 1))(*args), jacrev(theirs, argnums=(0, 1))(*args))
+        out, pullback = vjp(ours, *args)
+        expected_out, expected_pullback = vjp(theirs, *args)
+        assert_all_close((out, *pullback(weight)), (expected_out, *expected_pullback(weight)))
+
+
+def test_affine_grid_matches_torch(device, align_corners, no_loop_warnings):
+    theta = random_theta(2, device=device)
+    size = (2, 3, 4, 5)
+    ours = functools.partial(stn_cuda.affine_grid, size=size, align_corners=align_corners)
+    theirs = functools.partial(F.affine_grid, size=size, align_corners=align_corners)
+    assert_all_close([jacrev(ours)(theta)], [jacrev(theirs)(theta)])
+    thetas = torch.stack([theta, 2 * theta, -theta])
+    assert_all_close([vmap(ours)(thetas)], [torch.stack([theirs(t) for t in thetas])])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_vmap_is_a_loop_over_the_vmapped_dimension(device, mode, no_loop_warnings):
+    """Any in_dims, a vmapped dimension that is not first, an argument that is not
+    vmapped (broadcast); forward, and the backward under vmap."""
+    input, geometry = inputs(device)
+    for name, ours, _ in samplers(mode, "border", False):
+        inputs_b = torch.stack([input, 2 * input, input.flip(-1)], dim=1)  # vmapped dimension 1
+        geometry_b = torch.stack([geometry[name], 0.5 * geometry[name], -geometry[name]])
+        cases = [((1, 0), (inputs_b, geometry_b), lambda k: (inputs_b[:, k], geometry_b[k])),
+                 ((None, 0), (input, geometry_b), lambda k: (input, geometry_b[k])),
+                 ((1, None), (inputs_b, geometry[name]), lambda k: (inputs_b[:, k], geometry[name]))]
+        for in_dims, args, sample in cases:
+            got = vmap(ours, in_dims=in_dims)(*args)
+            assert_all_close([got], [torch.stack([ours(*sample(k)) for k in range(3)])])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_sample_gradients(device, mode, no_loop_warnings):
+    """vmap(grad(f)) over the batch, as differential privacy computes per-sample
+    gradients: each sample's gradients, as autograd gives them for that sample alone."""
+    input, geometry = inputs(device, n=3)
+    for name, ours, _ in samplers(mode, "reflection", True):
+        def loss(x, g):
+            return ours(x[None], g[None]).square().sum()
+
+        got = vmap(grad(loss, argnums=(0, 1)))(input, geometry[name])
+        for k in range(3):
+            x, g = leaf(input[k]), leaf(geometry[name][k])
+            assert_all_close([t[k] for t in got], torch.autograd.grad(loss(x, g), (x, g)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grad_of_grad_matches_autograd(device, mode, no_loop_warnings):
+    """Second derivatives by torch.func, against plain autograd's double backward (itself
+    checked by gradgradcheck in test_double_backward.py; torch's grid_sample has none)."""
+    input, geometry = inputs(device)
+    functions = samplers(mode, "zeros", False) + [
+        ("affine_grid", lambda x, theta: stn_cuda.affine_grid(theta, (2, 3, 4, 3)).pow(3), None)]
+    geometry["affine_grid"] = geometry["affine_sample"]
+    for name, ours, _ in functions:
+        def penalty(x, g):
+            first = grad(lambda x, g: ours(x, g).square().sum(), argnums=(0, 1))(x, g)
+            return sum(f.square().sum() for f in first)
+
+        got = grad(penalty, argnums=(0, 1))(input, geometry[name])
+        x, g = leaf(input), leaf(geometry[name])
+        first = torch.autograd.grad(ours(x, g).square().sum(), (x, g), create_graph=True, allow_unused=True,
+                                    materialize_grads=True)
+        expected = torch.autograd.grad(sum(f.square().sum() for f in first), (x, g), allow_unused=True,
+                                       materialize_grads=True)
+        assert_all_close(got, expected)
+
+
+def test_volumes(device, no_loop_warnings):
+    input, grid = make((2, 2, 4, 5, 3, 3, 2, 4), device)
+    input, grid = input.detach(), grid.detach()
+    theta = random_theta(2, device=device, dims=3)
+    for ours, theirs, geometry in [
+            (stn_cuda.grid_sample, functools.partial(F.grid_sample, align_corners=False), grid),
+            (lambda x, t: stn_cuda.affine_sample(x, t, (3, 2, 4)),
+             lambda x, t: torch_affine_sample(x, t, (3, 2, 4)), theta)]:
+        loss = [lambda x, g, fn=fn: fn(x, g).sin().sum() for fn in (ours, theirs)]
+        assert_all_close(grad(loss[0], argnums=(0, 1))(input, geometry),
+                         grad(loss[1], argnums=(0, 1))(input, geometry))
+        batched = torch.stack([geometry, 0.5 * geometry])
+        assert_all_close([vmap(ours, in_dims=(None, 0))(input, batched)],
+                         [torch.stack([ours(input, g) for g in batched])])
+
+
+def test_deterministic_backward_under_torch_func(device):
+    """stn_cuda.deterministic() reaches the backward under torch.func as it does under
+    autograd: the backward op is asked for the deterministic path."""
+    input, geometry = inputs(device)
+    recorded = []
+
+    class Backward(Ops):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.name() == "stn_cuda::grid_sample_backward":
+                recorded.append(args[7] if len(args) > 7 else False)  # a default is left out
+            return func(*args, **(kwargs or {}))
+
+    for enabled in (False, True):
+        with stn_cuda.deterministic(enabled), Backward():
+            grad(lambda g: stn_cuda.grid_sample(input, g).sum())(geometry["grid_sample"])
+    assert recorded == [False, True]
+
+
+def test_through_patch_torch(device, no_loop_warnings):
+    """Code that transforms F.grid_sample keeps working when patch_torch() routes it."""
+    input, geometry = inputs(device)
+
+    def loss(x, g):
+        return F.grid_sample(x, g, padding_mode="border", align_corners=False).square().sum()
+
+    expected = grad(loss, argnums=(0, 1))(input, geometry["grid_sample"])
+    with stn_cuda.patched_torch(), Ops() as ran:
+        got = grad(loss, argnums=(0, 1))(input, geometry["grid_sample"])
+    assert "stn_cuda::grid_sample" in ran.names
+    assert_all_close(got, expected)
+
+
+def test_under_torch_compile(device):
+    """A compiled function that transforms stn_cuda's: the graph breaks at the op (its
+    torch.func Function runs eagerly; fullgraph=True refuses it), with eager's results."""
+    input, geometry = inputs(device)
+
+    def per_sample(x, theta):
+        return vmap(grad(lambda x, t: stn_cuda.affine_sample(x[None], t[None]).square().sum(),
+                         argnums=(0, 1)))(x, theta)
+
+    torch._dynamo.reset()
+    assert_all_close(torch.compile(per_sample)(input, geometry["affine_sample"]),
+                     per_sample(input, geometry["affine_sample"]))
