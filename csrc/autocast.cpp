@@ -2,7 +2,10 @@
 // those of its grid_sampler (aten/src/ATen/autocast_mode.cpp), with torch's own
 // wrappers: on CUDA to the widest floating type among them ("promote"), on the
 // CPU to float32 ("fp32"). float64 tensors are left as they are, as in torch.
-// affine_grid is on neither of torch's lists: it runs in theta's dtype.
+// affine_grid has no autocast kernel: it runs in theta's dtype. (torch's is a
+// composite whose bmm autocast runs in the lower precision: a float32 theta
+// gives a float16 or bfloat16 grid, rounded so that a coordinate can be off by
+// a pixel on a large image; patch_torch leaves such calls to torch.)
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 

@@ -39,8 +39,16 @@ except ImportError:  # older torch
 
 # -- fake kernels: output shapes and dtypes only -------------------------------
 
+def _check_same_device(op, name, t, other_name, other):
+    # As csrc/ops.cpp checks it: a meta tensor beside a real one is refused too.
+    torch._check_value(t.device == other.device, lambda: (
+        f"{op}: expected {name} and {other_name} on the same device, got {name} on {t.device} and "
+        f"{other_name} on {other.device}"))
+
+
 @torch.library.register_fake("stn_cuda::grid_sample")
 def _(input, grid, interpolation_mode, padding_mode, align_corners):
+    _check_same_device("stn_cuda.grid_sample", "input", input, "grid", grid)
     # (N, C, [D_out,] H_out, W_out): the grid's points, the input's channels
     return input.new_empty(input.shape[0], input.shape[1], *grid.shape[1:-1])
 
@@ -72,6 +80,7 @@ def _(grad_grid, align_corners):
 
 @torch.library.register_fake("stn_cuda::affine_sample")
 def _(input, theta, out_size, interpolation_mode, padding_mode, align_corners):
+    _check_same_device("stn_cuda.affine_sample", "input", input, "theta", theta)
     return input.new_empty(input.shape[0], input.shape[1], *out_size)
 
 

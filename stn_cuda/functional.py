@@ -9,6 +9,8 @@ Each works on images (4-D input, grid (N, H, W, 2), theta (N, 2, 3)) and, as tor
 do, on volumes (5-D input (N, C, D, H, W), grid (N, D, H, W, 3) holding (x, y, z),
 theta (N, 3, 4)), where 'bilinear' is trilinear.
 """
+import operator
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -32,6 +34,18 @@ def _mode_codes(fn: str, mode: str, padding_mode: str):
             f"stn_cuda.{fn}(): expected padding_mode to be 'zeros', 'border' or 'reflection', "
             f"got {padding_mode!r}")
     return _MODES[mode], _PADDING_MODES[padding_mode]
+
+
+def _align_corners(fn: str, align_corners) -> bool:
+    """align_corners as torch takes it: a bool, or None for False, with torch's warning."""
+    if align_corners is None:
+        warnings.warn("Default grid_sample and affine_grid behavior has changed to align_corners=False since "
+                      "1.3.0. Please specify align_corners=True if the old behavior is desired. See the "
+                      "documentation of grid_sample for details.", stacklevel=3)
+        return False
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"stn_cuda.{fn}(): expected align_corners to be a bool, got {type(align_corners).__name__}")
+    return align_corners
 
 
 def _check_tensor(fn: str, name: str, value):
@@ -60,20 +74,29 @@ def grid_sample(input: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear",
     _check_tensor("grid_sample", "input", input)
     _check_tensor("grid_sample", "grid", grid)
     mode_code, padding_code = _mode_codes("grid_sample", mode, padding_mode)
-    return differentiable_ops().grid_sample(input, grid, mode_code, padding_code, bool(align_corners))
+    return differentiable_ops().grid_sample(input, grid, mode_code, padding_code,
+                                            _align_corners("grid_sample", align_corners))
 
 
 _SPATIAL = {2: "(H_out, W_out)", 3: "(D_out, H_out, W_out)"}
 
 
+def _integers(fn: str, size: Sequence[int], name: str) -> list:
+    """size's entries as ints; a float or anything else that is not an integer is an error, as in torch."""
+    try:
+        return [operator.index(s) for s in size]
+    except TypeError:
+        raise TypeError(f"stn_cuda.{fn}(): expected {name} to hold integers, got {tuple(size)}") from None
+
+
 def _out_size(fn: str, size: Sequence[int], name: str, dims: int, context: str):
     """The output's spatial size: dims positive integers."""
-    size = tuple(size)
+    size = _integers(fn, size, name)
     if len(size) != dims:
-        raise ValueError(f"stn_cuda.{fn}(): expected {name} to be {_SPATIAL[dims]} {context}, got {size}")
-    if any(int(s) <= 0 for s in size):
-        raise ValueError(f"stn_cuda.{fn}(): expected {name} to be positive, got {size}")
-    return [int(s) for s in size]
+        raise ValueError(f"stn_cuda.{fn}(): expected {name} to be {_SPATIAL[dims]} {context}, got {tuple(size)}")
+    if any(s <= 0 for s in size):
+        raise ValueError(f"stn_cuda.{fn}(): expected {name} to be positive, got {tuple(size)}")
+    return size
 
 
 def _check_theta(fn: str, theta: torch.Tensor, batch: Optional[int], dims: int, context: str):
@@ -96,17 +119,19 @@ def affine_grid(theta: torch.Tensor, size: Sequence[int],
     theta (N, 3, 4) and size (N, C, D_out, H_out, W_out) the grid (N, D_out, H_out, W_out, 3)
     of points theta . (x_t, y_t, z_t, 1). Differentiable in theta.
     """
-    size = tuple(size)
+    size = _integers("affine_grid", size, "size")
     if len(size) not in (4, 5):
         raise ValueError(
-            f"stn_cuda.affine_grid(): expected size (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out), got {size}")
+            f"stn_cuda.affine_grid(): expected size (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out), "
+            f"got {tuple(size)}")
+    if min(size) <= 0:  # N and C too, as torch's
+        raise ValueError(f"stn_cuda.affine_grid(): expected size to be positive, got {tuple(size)}")
     dims = len(size) - 2
     _check_theta("affine_grid", theta, None, dims, f"for a {len(size)}-D size")
     if theta.shape[0] != size[0]:
         raise ValueError(
             f"stn_cuda.affine_grid(): expected theta's batch size {theta.shape[0]} to equal size[0], {size[0]}")
-    out_size = _out_size("affine_grid", size[2:], "size[2:]", dims, f"for a {len(size)}-D size")
-    return differentiable_ops().affine_grid(theta, [int(size[0]), int(size[1]), *out_size], bool(align_corners))
+    return differentiable_ops().affine_grid(theta, size, _align_corners("affine_grid", align_corners))
 
 
 def affine_sample(input: torch.Tensor, theta: torch.Tensor, out_size: Optional[Sequence[int]] = None,
@@ -130,4 +155,5 @@ def affine_sample(input: torch.Tensor, theta: torch.Tensor, out_size: Optional[S
     out_size = _out_size("affine_sample", input.shape[2:] if out_size is None else out_size, "out_size", dims,
                          context)
     mode_code, padding_code = _mode_codes("affine_sample", mode, padding_mode)
-    return differentiable_ops().affine_sample(input, theta, out_size, mode_code, padding_code, bool(align_corners))
+    return differentiable_ops().affine_sample(input, theta, out_size, mode_code, padding_code,
+                                              _align_corners("affine_sample", align_corners))

@@ -42,7 +42,7 @@ def _same_dtype(input, grid) -> bool:
 
 
 def _grid_sample_supported(input, grid, mode, padding_mode, align_corners) -> bool:
-    return (mode in _MODES and padding_mode in _PADDING_MODES and align_corners is not None
+    return (mode in _MODES and padding_mode in _PADDING_MODES and isinstance(align_corners, bool)
             and not (mode == "bicubic" and input.dim() == 5)  # torch raises
             and _supported(input, grid) and _same_dtype(input, grid)
             # images (4-D, grid (x, y)) or volumes (5-D, grid (x, y, z))
@@ -51,11 +51,15 @@ def _grid_sample_supported(input, grid, mode, padding_mode, align_corners) -> bo
 
 
 def _affine_grid_supported(theta, size, align_corners) -> bool:
-    return (align_corners is not None and _supported(theta)
+    return (isinstance(align_corners, bool) and _supported(theta)
+            and all(isinstance(s, int) for s in size)
             and len(size) in (4, 5) and theta.dim() == 3 and theta.shape[1:] == (len(size) - 2, len(size) - 1)
             and size[0] == theta.shape[0] and min(size) > 0
             # torch warns about unit-size grids with align_corners=True
-            and not (align_corners and min(size[2:]) == 1))
+            and not (align_corners and min(size[2:]) == 1)
+            # under autocast, torch's grid comes from a bmm in the autocast dtype; stn_cuda's
+            # keeps theta's (more precise: see the README)
+            and not (torch.is_autocast_enabled(theta.device.type) and theta.dtype != torch.float64))
 
 
 def _route_grid_sample(torch_grid_sample):

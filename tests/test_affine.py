@@ -184,6 +184,12 @@ BAD_CALLS = [
     ("grid size batch", lambda: stn_cuda.affine_grid(_x(2, 2, 3), (3, 1, 4, 4)), ValueError, "batch"),
     ("grid size 3 values", lambda: stn_cuda.affine_grid(_x(1, 2, 3), (1, 4, 4)), ValueError, "size"),
     ("grid size zero", lambda: stn_cuda.affine_grid(_x(1, 2, 3), (1, 1, 0, 4)), ValueError, "size"),
+    ("grid size float", lambda: stn_cuda.affine_grid(_x(1, 2, 3), (1, 1, 4.5, 4)), TypeError, "integers"),
+    ("grid size channels zero", lambda: stn_cuda.affine_grid(_x(1, 2, 3), (1, 0, 4, 4)), ValueError, "positive"),
+    ("grid size batch zero", lambda: stn_cuda.affine_grid(_x(0, 2, 3), (0, 1, 4, 4)), ValueError, "positive"),
+    ("out_size float", lambda: stn_cuda.affine_sample(_x(1, 3, 4, 4), _x(1, 2, 3), (4.5, 4)), TypeError, "integers"),
+    ("align_corners str", lambda: stn_cuda.affine_grid(_x(1, 2, 3), (1, 1, 4, 4), "yes"), TypeError, "align_corners"),
+    ("meta theta", lambda: stn_cuda.affine_sample(_x(1, 3, 4, 4), _x(1, 2, 3).to("meta")), ValueError, "same device"),
     ("3x4 theta, 4-D size", lambda: stn_cuda.affine_grid(_x(1, 3, 4), (1, 1, 2, 2)), ValueError, "theta"),
 ]
 

@@ -179,14 +179,23 @@ FALLBACKS = {  # (input, grid, theta) -> a call stn_cuda leaves to torch
     "affine_grid zero size": lambda x, g, t: F.affine_grid(t, (2, 3, 0, 5), align_corners=False),
     "affine_grid unit size": lambda x, g, t: F.affine_grid(t, (2, 3, 1, 5), align_corners=True),  # torch warns
     "affine_grid integer": lambda x, g, t: F.affine_grid(t.long(), (2, 3, 4, 5), align_corners=False),
+    "align_corners int": lambda x, g, t: F.grid_sample(x, g, align_corners=1),  # torch raises
+    "affine_grid float size": lambda x, g, t: F.affine_grid(t, (2, 3, 4.5, 5), align_corners=False),
+    "affine_grid under autocast": lambda x, g, t: _autocast_affine_grid(t, (2, 3, 4, 5)),  # torch's dtype
 }
+
+
+def _autocast_affine_grid(theta, size):
+    with torch.autocast(theta.device.type, dtype=torch.bfloat16):
+        return F.affine_grid(theta, size, align_corners=False)
 
 
 @pytest.mark.parametrize("call", FALLBACKS.values(), ids=FALLBACKS.keys())
 def test_patched_torch_falls_back(device, call):
     """What stn_cuda does not support runs torch's function: the same result, errors and warnings."""
     args = [a.detach() for a in sampler_inputs(device)]
-    expected = _outcome(call, *args)
+    with Ops():  # as below: a dispatch mode can change torch's result (autocast's casts)
+        expected = _outcome(call, *args)
     with stn_cuda.patched_torch(), Ops() as ops:
         assert _outcome(call, *args) == expected
     assert "stn_cuda" not in ops.namespaces

@@ -263,8 +263,10 @@ def test_default_arguments_match_torch(device):
     input, grid = make((1, 2, 5, 5, 3, 3), device)
     torch.testing.assert_close(stn_cuda.grid_sample(input, grid),
                                F.grid_sample(input, grid, align_corners=False))
-    torch.testing.assert_close(stn_cuda.grid_sample(input, grid, align_corners=None),
-                               F.grid_sample(input, grid, align_corners=False))
+    with pytest.warns(UserWarning, match="align_corners=False") as warned:  # as torch warns
+        ours = stn_cuda.grid_sample(input, grid, align_corners=None)
+    assert warned[0].filename == __file__  # the caller's line
+    torch.testing.assert_close(ours, F.grid_sample(input, grid, align_corners=False))
 
 
 @pytest.mark.parametrize("mode_code", [0, 2], ids=["bilinear", "bicubic"])
@@ -308,6 +310,8 @@ BAD_CALLS = [
     ("empty spatial input", lambda: stn_cuda.grid_sample(_x(1, 3, 0, 4), _x(1, 2, 2, 2)), ValueError, "spatial"),
     ("not a tensor", lambda: stn_cuda.grid_sample([[1.0]], _x(1, 2, 2, 2)), TypeError, "input"),
     ("raw op bad mode", lambda: torch.ops.stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), 3, 0, False), ValueError, "interpolation_mode"),
+    ("meta grid", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2).to("meta")), ValueError, "same device"),
+    ("align_corners int", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), align_corners=1), TypeError, "align_corners"),
     ("raw op bad padding", lambda: torch.ops.stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), 0, 7, False), ValueError, "padding_mode"),
 ]
 
