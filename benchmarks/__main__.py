@@ -78,9 +78,10 @@ def parse_args(argv):
 
 
 def list_workloads():
+    width = max(len(w.name) for w in WORKLOADS)
     for w in WORKLOADS:
         cpu = w.on(torch.device("cpu"))
-        print(f"{w.name:13} {w.shape:28} {w.geometry:7} {w.about}"
+        print(f"{w.name:{width}} {w.shape:28} {w.geometry:7} {w.about}"
               + ("" if cpu == w else f"  [CPU: {cpu.shape}]" if cpu else "  [GPU only]"))
 
 

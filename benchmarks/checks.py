@@ -3,7 +3,7 @@ before it is timed.
 
 stn_cuda, strictly: the output, grad_input and the geometry's gradient (for a random
 grad_output) against torch's native sampler run in float32 on the same coordinates.
-  sampler  torch.grid_sampler_2d(input.float(), grid.float())
+  sampler  torch.grid_sampler_2d/3d(input.float(), grid.float())
   affine   the fused kernel computes its coordinates with the function behind
            stn_cuda.affine_grid, so the reference samples at stn_cuda.affine_grid(theta)
            (compared with F.affine_grid: error "grid"), and its grad_theta is its
@@ -108,14 +108,14 @@ def boundary_slack(sample, input: torch.Tensor, coords: torch.Tensor, grad_outpu
     input = input.detach()
     near_px = 8 * EPS32 * max(case.workload.in_size)  # float32 rounding of a pixel coordinate
     slack = torch.zeros_like(coords)
-    for axis, size in enumerate(reversed(case.workload.in_size)):  # x (width), then y (height)
+    for axis, size in enumerate(reversed(case.workload.in_size)):  # x (width), y (height)[, z (depth)]
         c = coords[..., axis].double()
         if case.sampling.align_corners:
             pixel = (c + 1) / 2 * (size - 1)
         else:
             pixel = ((c + 1) * size - 1) / 2
         near = (2 * pixel - torch.round(2 * pixel)).abs() <= 2 * near_px
-        shift = torch.zeros(2, device=coords.device)
+        shift = torch.zeros(coords.shape[-1], device=coords.device)
         shift[axis] = 4 * near_px / max(size - 1, 1)  # 2 near_px in pixels, in normalised units
         moved = []
         for sign in (1, -1):
@@ -126,19 +126,20 @@ def boundary_slack(sample, input: torch.Tensor, coords: torch.Tensor, grad_outpu
 
 
 def _base_grid(case: Case) -> torch.Tensor:
-    """(H_out, W_out, 3): the target coordinates (x_t, y_t, 1) of affine_grid, in float64."""
-    identity = torch.eye(2, 3, dtype=torch.float64, device=case.device)[None]
+    """(points, dims + 1): the target coordinates (x_t, y_t[, z_t], 1) of affine_grid, in float64."""
+    dims = case.workload.dims
+    identity = torch.eye(dims, dims + 1, dtype=torch.float64, device=case.device)[None]
     base = F.affine_grid(identity, (1, 1, *case.workload.out_size), align_corners=case.sampling.align_corners)[0]
-    return torch.cat([base, torch.ones_like(base[..., :1])], -1)
+    return torch.cat([base, torch.ones_like(base[..., :1])], -1).reshape(-1, dims + 1)
 
 
 def _summed_terms(case: Case) -> Dict[str, float]:
     """How many products are summed into one value of each result (at most, or on average
-    for grad_input: the points that read a pixel, four neighbours each)."""
+    for grad_input: the points that read a pixel, four neighbours each, eight in a volume)."""
     w = case.workload
-    points = w.batch * w.out_size[0] * w.out_size[1]
-    return {"grid": 3, "output": 4, "grad_input": max(4.0, 4 * points / max(case.footprint, 1)),
-            "grad_grid": 4 * w.channels, "grad_theta": 4 * w.channels * points / w.batch}
+    points, corners = w.batch * math.prod(w.out_size), 2 ** w.dims
+    return {"grid": w.dims + 1, "output": corners, "grad_input": max(corners, corners * points / max(case.footprint, 1)),
+            "grad_grid": corners * w.channels, "grad_theta": corners * w.channels * points / w.batch}
 
 
 def _strict(impl: Impl, case: Case) -> Check:
@@ -159,13 +160,13 @@ def _strict(impl: Impl, case: Case) -> Check:
     grad_output = _grad_output(case)
     input = case.input.float()
     if impl.family == SAMPLER:
-        coords, against = case.grid.float(), "torch.grid_sampler_2d in float32, same grid"
+        coords, against = case.grid.float(), "torch's native sampler in float32, same grid"
     else:
         size = (case.workload.batch, case.workload.channels, *out_size)
         theta = case.theta.float()
         coords = stn_cuda.affine_grid(theta, size, align_corners=sampling.align_corners)
         compare("grid", coords, F.affine_grid(theta, size, align_corners=sampling.align_corners))
-        against = "torch.grid_sampler_2d in float32 at stn_cuda.affine_grid(theta), itself against F.affine_grid"
+        against = "torch's native sampler in float32 at stn_cuda.affine_grid(theta), itself against F.affine_grid"
     ref_output, ref_grad_input, ref_grad_grid = _value_and_grads(sample, input, coords, grad_output)
     slack = boundary_slack(sample, input, coords, grad_output, case)
 
@@ -185,7 +186,8 @@ def _strict(impl: Impl, case: Case) -> Check:
             input, coords, grad_output)[2]
         compare("grad_grid", stn_grad_grid, ref_grad_grid, slack)
         resolved = torch.where(slack > 0, stn_grad_grid, ref_grad_grid)
-        compare("grad_theta", grad_geometry, torch.einsum("nhwi,hwj->nij", resolved.double(), _base_grid(case)))
+        resolved = resolved.double().flatten(1, -2)  # (N, points, dims)
+        compare("grad_theta", grad_geometry, torch.einsum("npi,pj->nij", resolved, _base_grid(case)))
     ok = all(errors[name] <= tolerances[name] for name in errors)  # False for NaN
     return Check(OK if ok else MISMATCH, against, errors, tolerances, notes)
 
@@ -194,7 +196,7 @@ def _sanity(impl: Impl, case: Case) -> Check:
     sampling, out_size = impl.sampling(case), case.workload.out_size
     if impl.family == SAMPLER:
         ref = torch_native(case.input.float(), case.grid.float(), out_size, sampling)
-        against = f"torch.grid_sampler_2d in float32, same grid, {sampling}"
+        against = f"torch's native sampler in float32, same grid, {sampling}"
     else:
         ref = torch_composition(case.input.float(), case.theta.float(), out_size, sampling)
         against = "F.affine_grid+F.grid_sample in float32, same theta"

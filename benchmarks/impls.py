@@ -2,10 +2,12 @@
 
   sampler  input sampled at a given grid (N, H_out, W_out, 2)
            stn_cuda.grid_sample (candidate), torch's native kernel (reference) and
-           torch's cuDNN path
+           torch's cuDNN path (images only)
   affine   input sampled at the affine grid of theta (N, 2, 3), grid computed inside
            stn_cuda.affine_sample (candidate, fused), F.affine_grid + F.grid_sample
-           (reference) and kornia's warp_affine (when kornia is installed)
+           (reference) and kornia's warp_affine (when kornia is installed; images only)
+
+Volumes are sampled the same way (grid (N, D_out, H_out, W_out, 3), theta (N, 3, 4)).
 
 Each family also times stn_cuda's other paths, as variants checked as strictly as the
 candidate, so that their cost against the default comes from the same run: the
@@ -17,7 +19,7 @@ the workloads whose channels make whole 16-byte vectors.
 
 Speedups are taken against the family's reference and against the fastest torch
 implementation of the family. torch's native kernel is called as
-torch.grid_sampler_2d because F.grid_sample switches to cuDNN for zeros padding
+torch.grid_sampler_2d (or _3d) because F.grid_sample switches to cuDNN for zeros padding
 with align_corners=True on CUDA; cuDNN is timed on its own, in the one
 configuration it has (zeros, align_corners=True), on the same input and grid,
 whatever the run's options (they change a point's arithmetic, not the work; each
@@ -122,17 +124,24 @@ def _stn_grid_sample(input, grid, out_size, s):
 
 
 def torch_native(input, grid, out_size, s):
-    """torch's own grid sampler kernel, never cuDNN."""
-    return torch.grid_sampler_2d(input, grid, 0, PADDING_CODES[s.padding_mode], s.align_corners)
+    """torch's own grid sampler kernel (images or volumes), never cuDNN."""
+    sampler = torch.grid_sampler_3d if input.dim() == 5 else torch.grid_sampler_2d
+    return sampler(input, grid, 0, PADDING_CODES[s.padding_mode], s.align_corners)
 
 
 def _torch_cudnn(input, grid, out_size, s):
     return torch.cudnn_grid_sampler(input, grid)
 
 
+def _images_only(case: Case) -> Optional[str]:
+    return "images only" if case.workload.dims != 2 else None
+
+
 def _cudnn_unavailable(case: Case) -> Optional[str]:
     if case.device.type != "cuda":
         return "CUDA only"
+    if _images_only(case):
+        return _images_only(case)
     if not torch.backends.cudnn.is_available():
         return "cuDNN not available"
     if case.dtype not in (torch.float32, torch.float16):
@@ -173,7 +182,7 @@ def _kornia_matrix(case: Case) -> torch.Tensor:
 
 
 def _kornia_unavailable(case: Case) -> Optional[str]:
-    return "kornia not installed" if kornia_transform is None else None
+    return "kornia not installed" if kornia_transform is None else _images_only(case)
 
 
 def whole_vectors(channels: int, dtype: torch.dtype) -> bool:
@@ -183,8 +192,8 @@ def whole_vectors(channels: int, dtype: torch.dtype) -> bool:
 
 
 def _not_in_vectors(case: Case) -> Optional[str]:
-    if whole_vectors(case.workload.channels, case.dtype):
-        return None
+    if _images_only(case) or whole_vectors(case.workload.channels, case.dtype):
+        return _images_only(case)
     return "channels not in whole 16-byte vectors (the channels_last rows time channel vectors)"
 
 
@@ -195,20 +204,20 @@ IMPLS = (
     Impl("stn_cuda.grid_sample deterministic", SAMPLER, VARIANT, _stn_grid_sample,
          deterministic=True, directions=_BACKWARD),
     Impl("stn_cuda.grid_sample warp scatter", SAMPLER, VARIANT, _stn_grid_sample,
-         tuning=(("scatter", "warp"),), cuda_only=True, directions=_BACKWARD),
+         tuning=(("scatter", "warp"),), cuda_only=True, directions=_BACKWARD, unavailable=_images_only),
     Impl("stn_cuda.grid_sample channels_last", SAMPLER, VARIANT, _stn_grid_sample,
          channels_last=True, cuda_only=True, unavailable=_not_in_vectors),
     Impl("stn_cuda.grid_sample channels_last vectors", SAMPLER, VARIANT, _stn_grid_sample,
          channels_last=True, tuning=(("channel_vectors", True),), cuda_only=True,
          unavailable=_not_in_vectors),
-    Impl("torch.grid_sampler_2d", SAMPLER, REFERENCE, torch_native),
+    Impl("torch.grid_sampler_2d/3d", SAMPLER, REFERENCE, torch_native),
     Impl("torch.cudnn_grid_sampler", SAMPLER, TORCH, _torch_cudnn,
          fixed_sampling=Sampling("zeros", True), unavailable=_cudnn_unavailable),
     Impl("stn_cuda.affine_sample", AFFINE, CANDIDATE, _stn_affine_sample),
     Impl("stn_cuda.affine_sample deterministic", AFFINE, VARIANT, _stn_affine_sample,
          deterministic=True, directions=_BACKWARD),
     Impl("stn_cuda.affine_sample warp scatter", AFFINE, VARIANT, _stn_affine_sample,
-         tuning=(("scatter", "warp"),), cuda_only=True, directions=_BACKWARD),
+         tuning=(("scatter", "warp"),), cuda_only=True, directions=_BACKWARD, unavailable=_images_only),
     Impl("F.affine_grid+F.grid_sample", AFFINE, REFERENCE, torch_composition),
     Impl("kornia.warp_affine", AFFINE, OTHER, _kornia_warp_affine,
          unavailable=_kornia_unavailable, geometry_of=_kornia_matrix),

@@ -2,6 +2,7 @@
 family) and speedup.png (stn_cuda's speedup over the fastest torch implementation,
 per workload)."""
 import json
+import math
 from pathlib import Path
 from typing import Dict, List
 
@@ -80,6 +81,33 @@ def _family_table(family_name: str, rows: List[dict]) -> List[str]:
     return lines + [""]
 
 
+def _summary(rows: List[dict]) -> List[str]:
+    """Per family and dtype, in each direction: the geometric mean over the workloads of
+    the candidate's speedup over the fastest torch implementation, and its worst case."""
+    lines = ["## Summary: speedup over the fastest torch implementation", "",
+             "Geometric mean over the workloads (in brackets: the workload where the speedup is least).", "",
+             "| stn_cuda | dtype | workloads | " + " | ".join(DIRECTIONS) + " |",
+             "|" + "---|" * (3 + len(DIRECTIONS))]
+    for family_name in FAMILIES:
+        candidate = _candidate(family_name)
+        for dtype in dict.fromkeys(row["dtype"] for row in rows):
+            cells, workloads = [], set()
+            for direction in DIRECTIONS:
+                found = {row["workload"]: row["impls"][candidate]["speedup_vs_best_torch"] for row in rows
+                         if row["dtype"] == dtype and row["direction"] == direction and _measured(row, candidate)
+                         and row["impls"][candidate]["speedup_vs_best_torch"]}
+                workloads |= found.keys()
+                if found:
+                    mean = math.exp(sum(math.log(v) for v in found.values()) / len(found))
+                    slowest = min(found, key=found.get)
+                    cells.append(f"{mean:.2f}× (least: {slowest} {found[slowest]:.2f}×)")
+                else:
+                    cells.append("–")
+            if workloads:
+                lines.append(f"| {candidate} | {dtype} | {len(workloads)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(meta: dict, rows: List[dict]) -> str:
     reps = sorted({entry["reps"] for row in rows for entry in row["impls"].values() if "reps" in entry})
     lines = [
@@ -102,6 +130,7 @@ def markdown(meta: dict, rows: List[dict]) -> str:
     ]
     if "interrupted" in meta:
         lines += [f"**Interrupted {meta['interrupted']}**: the tables cover those cases only.", ""]
+    lines += _summary(rows)
     for family_name in FAMILIES:
         lines += _family_table(family_name, rows)
     return "\n".join(lines)

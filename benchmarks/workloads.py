@@ -3,12 +3,15 @@ that every implementation receives for one (workload, dtype, device).
 
 A workload is either affine (a random theta near a similarity; the grid-based
 implementations get F.affine_grid(theta)) or a uniform random grid in [-1.1, 1.1].
+Most are images (in_size (H, W)); the volume-* ones are volumes (in_size (D, H, W),
+trilinear), as 3-D registration and segmentation networks sample them.
 Everything is float32 by default, float16 and bfloat16 too on a GPU.
 
 On the CPU the batch shrinks to Workload.cpu_batch (recorded in every row's
 shape) so that the suite runs in minutes, and frame-4k is not run at all
 (cpu_batch=0): one 4K frame takes seconds per repetition there.
 """
+import math
 import zlib
 from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Tuple
@@ -26,8 +29,8 @@ class Workload:
     name: str
     batch: int
     channels: int
-    in_size: Tuple[int, int]
-    out_size: Tuple[int, int]
+    in_size: Tuple[int, ...]   # (H, W), or (D, H, W) for a volume
+    out_size: Tuple[int, ...]
     about: str
     geometry: str = AFFINE
     zoom: float = 1.0           # scale of theta's linear part: 0.05 samples a 20x magnified patch
@@ -40,9 +43,14 @@ class Workload:
         return replace(self, batch=self.cpu_batch) if self.cpu_batch else None
 
     @property
+    def dims(self) -> int:
+        """Spatial dimensions: 2 for images, 3 for volumes."""
+        return len(self.in_size)
+
+    @property
     def shape(self) -> str:
-        n, c, (h, w), (ho, wo) = self.batch, self.channels, self.in_size, self.out_size
-        return f"{n}x{c}x{h}x{w}->{ho}x{wo}"
+        source = "x".join(map(str, (self.batch, self.channels, *self.in_size)))
+        return f"{source}->{'x'.join(map(str, self.out_size))}"
 
 
 WORKLOADS = (
@@ -63,6 +71,10 @@ WORKLOADS = (
              cpu_batch=2),
     Workload("random-grid", 16, 32, (128, 128), (128, 128),
              "uniform random grid in [-1.1, 1.1]: no locality", geometry=RANDOM, cpu_batch=2),
+    Workload("volume-mri", 2, 1, (160, 192, 224), (160, 192, 224),
+             "brain MRIs at VoxelMorph's size: 3-D registration", cpu_batch=0),
+    Workload("volume-feature", 4, 16, (64, 64, 64), (64, 64, 64), "a 3-D CNN's feature volume",
+             cpu_batch=1),
 )
 QUICK = ("mnist-stn", "wide-c", "zoom-in", "random-grid")
 
@@ -97,9 +109,10 @@ class Case:
     """One workload's tensors in one dtype on one device: the same for every implementation."""
     workload: Workload
     sampling: Sampling
-    input: torch.Tensor            # (N, C, H_in, W_in)
-    grid: torch.Tensor             # (N, H_out, W_out, 2): F.affine_grid(theta) for affine workloads
-    theta: Optional[torch.Tensor]  # (N, 2, 3), affine workloads only
+    input: torch.Tensor            # (N, C, H_in, W_in), or (N, C, D_in, H_in, W_in)
+    grid: torch.Tensor             # (N, H_out, W_out, 2), or (N, D_out, H_out, W_out, 3):
+                                   # F.affine_grid(theta) for affine workloads
+    theta: Optional[torch.Tensor]  # (N, 2, 3) or (N, 3, 4), affine workloads only
     footprint: int                 # input pixels, over the batch, that some point reads
 
     @property
@@ -111,18 +124,19 @@ class Case:
         return self.input.device
 
 
-def _random_theta(n: int, zoom: float, generator: torch.Generator, device) -> torch.Tensor:
-    """Affine maps near a similarity: zoom * (identity + 10% noise), translation included."""
-    eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], device=device)
-    return zoom * (eye + 0.1 * torch.randn(n, 2, 3, generator=generator, device=device))
+def _random_theta(n: int, dims: int, zoom: float, generator: torch.Generator, device) -> torch.Tensor:
+    """Affine maps (n, dims, dims + 1) near a similarity: zoom * (identity + 10% noise),
+    translation included."""
+    eye = torch.eye(dims, dims + 1, device=device)
+    return zoom * (eye + 0.1 * torch.randn(n, dims, dims + 1, generator=generator, device=device))
 
 
-def _footprint(grid: torch.Tensor, in_size: Tuple[int, int], sampling: Sampling) -> int:
+def _footprint(grid: torch.Tensor, in_size: Tuple[int, ...], sampling: Sampling) -> int:
     """How many input pixels some grid point reads with a nonzero weight: the pixels
     where torch's grid_sample passes a nonzero gradient for an all-ones grad_output."""
     ones = torch.ones(grid.shape[0], 1, *in_size, device=grid.device, requires_grad=True)
-    out = torch.grid_sampler_2d(ones, grid.float(), 0, PADDING_CODES[sampling.padding_mode],
-                                sampling.align_corners)
+    out = torch.grid_sampler(ones, grid.float(), 0, PADDING_CODES[sampling.padding_mode],
+                             sampling.align_corners)  # 2-D or 3-D, by the input's
     (reads,) = torch.autograd.grad(out, ones, torch.ones_like(out))
     return int((reads != 0).sum())
 
@@ -136,11 +150,11 @@ def make_case(workload: Workload, dtype: torch.dtype, device: torch.device,
     input = torch.randn(w.batch, w.channels, *w.in_size, generator=gen, device=device).to(dtype)
     size = (w.batch, w.channels, *w.out_size)
     if w.geometry == AFFINE:
-        theta = _random_theta(w.batch, w.zoom, gen, device).to(dtype)
+        theta = _random_theta(w.batch, w.dims, w.zoom, gen, device).to(dtype)
         grid = F.affine_grid(theta.float(), size, align_corners=sampling.align_corners).to(dtype)
     else:
         theta = None
-        grid = (2.2 * torch.rand(w.batch, *w.out_size, 2, generator=gen, device=device) - 1.1).to(dtype)
+        grid = (2.2 * torch.rand(w.batch, *w.out_size, w.dims, generator=gen, device=device) - 1.1).to(dtype)
     return Case(w, sampling, input, grid, theta, _footprint(grid, w.in_size, sampling))
 
 
@@ -159,7 +173,7 @@ def min_bytes(case: Case, geometry_numel: int, direction: str) -> int:
     """
     w, item = case.workload, case.input.element_size()
     footprint = case.footprint * w.channels * item
-    points = w.batch * w.channels * w.out_size[0] * w.out_size[1] * item
+    points = w.batch * w.channels * math.prod(w.out_size) * item
     geometry = geometry_numel * item
     forward = footprint + geometry + points
     backward = points + geometry + footprint + case.input.numel() * item + geometry

@@ -93,10 +93,22 @@ def test_markdown_has_a_table_per_family(quick_run):
     rows = _results(out)["rows"]
     table_lines = [line for line in text.splitlines() if line.startswith("| ")]
     header = [line for line in table_lines if line.startswith("| workload |")]
+    summary = [line for line in table_lines if line.startswith("| stn_cuda")]
     separators = [line for line in text.splitlines() if line.startswith("|---|")]
-    assert len(header) == len(separators) == 2
+    assert len(header) == 2 and len(separators) == 3  # the summary's, and a table per family
     affine_rows = sum(row["geometry"] == AFFINE_GEOMETRY for row in rows)
-    assert len(table_lines) == len(header) + len(rows) + affine_rows
+    assert len(summary) == 1 + 2  # its header, and a line per family in the one dtype
+    assert len(table_lines) == len(header) + len(rows) + affine_rows + len(summary)
+
+
+def test_summary_is_the_geometric_mean():
+    def row(workload, direction, speedup):
+        return {"workload": workload, "dtype": "float32", "direction": direction,
+                "impls": {"stn_cuda.grid_sample": {"median_ms": 1.0, "speedup_vs_best_torch": speedup}}}
+
+    rows = [row("a", "forward", 2.0), row("b", "forward", 8.0), row("a", "backward", 0.5)]
+    line, = [line for line in report._summary(rows) if line.startswith("| stn_cuda.grid_sample")]
+    assert line == ("| stn_cuda.grid_sample | float32 | 2 | 4.00× (least: a 2.00×) | 0.50× (least: a 0.50×) | – |")
 
 
 def test_speedup_chart_is_a_png(quick_run):
@@ -144,6 +156,26 @@ def test_check_catches_a_wrong_implementation(mistake):
     right = next(impl for impl in IMPLS if impl.name == name)
     assert checks.check(right, case).status == checks.OK
     assert checks.check(_wrong(name, sample), case).status == checks.MISMATCH
+
+
+TINY_VOLUME = Workload("tiny-volume", 2, 3, (5, 6, 7), (4, 3, 5), "a test case")
+
+
+def test_check_on_volumes():
+    """The suite's volumes: stn_cuda's paths pass the check, the image-only paths are not
+    run, and a wrong sampler fails it."""
+    case = make_case(TINY_VOLUME, torch.float32, torch.device("cpu"), Sampling())
+    assert case.grid.shape == (2, 4, 3, 5, 3) and case.theta.shape == (2, 3, 4)
+    for impl in IMPLS:
+        reason = impl.skip_reason(case)
+        if impl.name in ("torch.cudnn_grid_sampler", "kornia.warp_affine") or "channels_last" in impl.name:
+            assert reason is not None, impl.name
+        elif reason is None and impl.role != REFERENCE:
+            assert checks.check(impl, case).status == checks.OK, impl.name
+    wrong = _wrong("stn_cuda.grid_sample", lambda x, g, size, s: _stn(x, g + 1 / 7, size, s))
+    assert checks.check(wrong, case).status == checks.MISMATCH
+    wrong = _wrong("stn_cuda.affine_sample", lambda x, t, size, s: _stn_affine(x, t.detach(), size, s) + 0 * t.sum())
+    assert checks.check(wrong, case).status == checks.MISMATCH
 
 
 def test_an_interrupted_run_reports_the_cases_done(monkeypatch, tmp_path):
