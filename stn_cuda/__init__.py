@@ -6,8 +6,8 @@ predicts an affine theta, a grid generator (affine_grid) and a sampler
 semantics of torch.nn.functional, a fused affine_sample that never materialises
 the grid, and the SpatialTransformer module.
 
-The ops work with torch.compile (fullgraph) and torch.autocast, and patch_torch()
-routes torch.nn.functional.grid_sample / affine_grid to them.
+The ops work with torch.compile (fullgraph), torch.func and torch.autocast, and patch_torch()
+routes torch.nn.functional.grid_sample / affine_grid calls on CUDA tensors to them.
 """
 import torch  # noqa: F401  (loads libtorch, which the extension links against)
 

@@ -3,14 +3,16 @@ written against torch (kornia, torchvision, your own) uses stn_cuda unchanged.
 
 Only the attributes of torch.nn.functional are replaced: code that bound the
 functions before patching (``from torch.nn.functional import grid_sample``) keeps
-torch's. A call goes to stn_cuda when stn_cuda computes exactly what torch would,
-and to torch's function otherwise: unknown modes, 5-D bicubic, tensor subclasses, anything
+torch's. A call goes to stn_cuda when its tensors are on a routed device (CUDA by
+default) and stn_cuda computes exactly what torch would, and to torch's function
+otherwise: unknown modes, 5-D bicubic, tensor subclasses, anything
 torch would reject or warn about, so its errors and warnings stay torch's. (The one
 difference that remains is stn_cuda's for grid points with a non-finite coordinate:
 they sample 0 and pass no gradient, in every padding mode; see the README.)
 """
 import contextlib
 import functools
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,15 +24,16 @@ __all__ = ["patch_torch", "unpatch_torch", "patched_torch"]
 # Plain tensors only: subclasses (DTensor, ...) go to torch, which knows them.
 _TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 _DEVICE_TYPES = ("cpu", "cuda") if _C.built_with_cuda else ("cpu",)
+_routed = set()  # the device types whose calls go to stn_cuda while patched
 _MODES = ("bilinear", "nearest", "bicubic")
 _PADDING_MODES = ("zeros", "border", "reflection")
 _originals = {}  # name -> the torch.nn.functional attribute that patch_torch() replaced
 
 
 def _supported(*tensors) -> bool:
-    """Plain, dense, floating tensors, on one device that stn_cuda has kernels for."""
+    """Plain, dense, floating tensors, on one device whose calls are routed."""
     return (all(type(t) in _TENSOR_TYPES and t.layout == torch.strided and t.is_floating_point()
-                and t.device.type in _DEVICE_TYPES for t in tensors)
+                and t.device.type in _routed for t in tensors)
             and len({t.device for t in tensors}) == 1)
 
 
@@ -83,14 +86,25 @@ def _route_affine_grid(torch_affine_grid):
 _ROUTES = {"grid_sample": _route_grid_sample, "affine_grid": _route_affine_grid}
 
 
-def patch_torch() -> None:
+def patch_torch(devices: Union[str, Sequence[str]] = ("cuda",)) -> None:
     """Make torch.nn.functional.grid_sample and affine_grid use stn_cuda for the
-    calls it supports (4-D and 5-D, every mode, floating CPU or CUDA tensors), falling back
-    to torch's functions for all others. Idempotent; undone by unpatch_torch().
+    calls it supports (4-D and 5-D, every mode, floating tensors) on `devices`, falling
+    back to torch's functions for all others. Idempotent (a second call sets the devices);
+    undone by unpatch_torch().
+
+    devices: "cuda" by default. On the CPU, ATen's vectorised kernels are faster than
+    stn_cuda's for images (the README has the figures); devices=("cpu", "cuda") routes
+    CPU calls too, for stn_cuda's semantics (non-finite points) or its volumes.
 
     Code that bound the functions before the call (``from torch.nn.functional
     import grid_sample``) keeps torch's.
     """
+    devices = (devices,) if isinstance(devices, str) else tuple(devices)
+    unknown = [d for d in devices if d not in ("cpu", "cuda")]
+    if unknown:
+        raise ValueError(f"stn_cuda.patch_torch(): expected devices among 'cpu' and 'cuda', got {unknown}")
+    _routed.clear()
+    _routed.update(d for d in devices if d in _DEVICE_TYPES)
     if _originals:
         return
     for name, route in _ROUTES.items():
@@ -101,19 +115,23 @@ def patch_torch() -> None:
 def unpatch_torch() -> None:
     """Restore the torch.nn.functional functions that patch_torch() replaced.
     Idempotent."""
+    _routed.clear()
     while _originals:
         name, original = _originals.popitem()
         setattr(F, name, original)
 
 
 @contextlib.contextmanager
-def patched_torch():
-    """patch_torch() for the duration of a with block; on exit, torch.nn.functional
-    is as it was on entry (still patched if it was already)."""
-    was_patched = bool(_originals)
-    patch_torch()
+def patched_torch(devices: Union[str, Sequence[str]] = ("cuda",)):
+    """patch_torch(devices) for the duration of a with block; on exit, torch.nn.functional
+    is as it was on entry (still patched, for the same devices, if it was already)."""
+    was_patched, was_routed = bool(_originals), set(_routed)
+    patch_torch(devices)
     try:
         yield
     finally:
-        if not was_patched:
+        if was_patched:
+            _routed.clear()
+            _routed.update(was_routed)
+        else:
             unpatch_torch()

@@ -114,6 +114,9 @@ def test_autocast_casts_like_torch(device, low, dtypes):
 
 # -- patch_torch(): torch.nn.functional routed to stn_cuda -------------------------------------
 
+EVERY_DEVICE = ("cpu", "cuda")  # patched_torch's default routes CUDA calls alone
+
+
 @pytest.fixture(autouse=True)
 def _unpatched():
     yield
@@ -124,7 +127,7 @@ def _unpatched():
 def test_patched_torch_routes_to_stn_cuda(device, mode, padding_mode, align_corners):
     input, grid, theta = sampler_inputs(device)
     size = (2, 3, 4, 5)
-    with stn_cuda.patched_torch(), Ops() as ops:
+    with stn_cuda.patched_torch(EVERY_DEVICE), Ops() as ops:
         sampled = F.grid_sample(input, grid, mode, padding_mode, align_corners)
         generated = F.affine_grid(theta, size, align_corners=align_corners)
     assert ops.namespaces == {"stn_cuda"}
@@ -139,7 +142,7 @@ def test_patched_torch_routes_volumes_to_stn_cuda(device, mode, padding_mode, al
     grid = torch.cat([grid, grid[..., :1].flip(1)], -1)[:, None]           # (2, 1, 4, 5, 3)
     theta = torch.eye(3, 4, device=device) + 0.3 * torch.randn(2, 3, 4, device=device)
     size = (2, 3, 3, 4, 5)
-    with stn_cuda.patched_torch(), Ops() as ops:
+    with stn_cuda.patched_torch(EVERY_DEVICE), Ops() as ops:
         sampled = F.grid_sample(volume, grid, mode, padding_mode, align_corners)
         generated = F.affine_grid(theta, size, align_corners=align_corners)
     assert ops.namespaces == {"stn_cuda"}
@@ -196,9 +199,31 @@ def test_patched_torch_falls_back(device, call):
     args = [a.detach() for a in sampler_inputs(device)]
     with Ops():  # as below: a dispatch mode can change torch's result (autocast's casts)
         expected = _outcome(call, *args)
-    with stn_cuda.patched_torch(), Ops() as ops:
+    with stn_cuda.patched_torch(EVERY_DEVICE), Ops() as ops:
         assert _outcome(call, *args) == expected
     assert "stn_cuda" not in ops.namespaces
+
+
+def test_patch_routes_cuda_calls_by_default(device):
+    """patch_torch() routes CUDA calls; CPU calls only where asked (ATen's CPU kernels
+    are the faster for images), and a nested patch's devices last as long as it."""
+    input, grid, _ = (a.detach() for a in sampler_inputs(device))
+    routed = {"cpu": False, "cuda": True}[device]
+
+    def sampled_by_stn_cuda():
+        with Ops() as ops:
+            F.grid_sample(input, grid, align_corners=False)
+        return "stn_cuda" in ops.namespaces
+
+    with stn_cuda.patched_torch():
+        assert sampled_by_stn_cuda() == routed
+        with stn_cuda.patched_torch(device):
+            assert sampled_by_stn_cuda()
+        assert sampled_by_stn_cuda() == routed
+    stn_cuda.patch_torch("cpu")
+    assert sampled_by_stn_cuda() == (device == "cpu")
+    with pytest.raises(ValueError, match="devices"):
+        stn_cuda.patch_torch(["cuda", "tpu"])
 
 
 def test_patch_torch_is_idempotent_and_restores_torch():
@@ -246,7 +271,7 @@ def test_kornia_style_warp_goes_through_stn_cuda(device):
     matrix = (rotate + 0.05 * torch.randn(2, 2, 3, device=device)).requires_grad_()
 
     def patched_warp(src, matrix):
-        with stn_cuda.patched_torch(), Ops() as ops:
+        with stn_cuda.patched_torch(EVERY_DEVICE), Ops() as ops:
             out = warp_affine(src, matrix, (10, 14))
         assert {"stn_cuda::affine_grid", "stn_cuda::grid_sample"} <= ops.names
         return out

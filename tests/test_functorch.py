@@ -171,7 +171,7 @@ def test_through_patch_torch(device, no_loop_warnings):
         return F.grid_sample(x, g, padding_mode="border", align_corners=False).square().sum()
 
     expected = grad(loss, argnums=(0, 1))(input, geometry["grid_sample"])
-    with stn_cuda.patched_torch(), Ops() as ran:
+    with stn_cuda.patched_torch(device), Ops() as ran:
         got = grad(loss, argnums=(0, 1))(input, geometry["grid_sample"])
     assert "stn_cuda::grid_sample" in ran.names
     assert_all_close(got, expected)
