@@ -56,8 +56,12 @@ auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& handle, Args
   return handle.call(std::forward<Args>(args)...);
 }
 
-// Whether a call records a graph: grad mode on and a tensor input requiring grad.
+// Whether a call goes through its autograd Function: grad mode on and a tensor
+// input requiring grad, or an input with a forward-mode tangent (dual tensor),
+// which the Function refuses rather than drop it.
 bool records_graph(const Tensor& a, const Tensor& b = Tensor()) {
+  auto dual = [](const Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); };
+  if (dual(a) || dual(b)) return true;
   return at::GradMode::is_enabled() && (a.requires_grad() || (b.defined() && b.requires_grad()));
 }
 

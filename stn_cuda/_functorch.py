@@ -1,5 +1,5 @@
 """torch.func support: grad, vjp, jacrev and vmap, and their compositions
-(vmap(grad(f)): per-sample gradients; grad(grad(f))).
+(vmap(grad(f)): per-sample gradients; grad(grad(f))); and forward-mode AD of affine_grid.
 
 functorch's transforms refuse the forward ops' C++ autograd (csrc/autograd.cpp) and the
 Python autograd that torch.library gives the backward ops (stn_cuda/_ops.py). While one
@@ -7,6 +7,10 @@ is active, stn_cuda calls the autograd.Functions below instead (_ops.functorch_o
 same ops, forward and backward, with the same formulas, so the same values and
 gradients. Under vmap, each op's own vmap rule (registered here) folds the vmapped
 dimension into the batch: one call for all of it.
+
+Forward mode (torch.func.jvp, jacfwd, torch.autograd.forward_ad's dual tensors) goes
+through them too: affine_grid, linear in theta, has a jvp, as torch's (a composite of
+linear ops) does; the samplers refuse it, as torch's grid_sample does.
 """
 import torch
 
@@ -21,12 +25,20 @@ def _backward_is_deterministic(input):
     return is_deterministic() or (input.is_cuda and torch.are_deterministic_algorithms_enabled())
 
 
-def _function(name, forward, setup_context, backward):
+def _no_jvp(name):
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(f"stn_cuda.{name}: forward-mode AD is not supported "
+                                  "(neither is it by torch's grid_sample); use reverse mode")
+    return jvp
+
+
+def _function(name, forward, setup_context, backward, jvp):
     """An autograd.Function of op `name` in the form functorch takes (forward without ctx,
     setup_context apart; vmap by the ops' rules)."""
-    return type(name, (torch.autograd.Function,), {
+    return type(f"{name}_function", (torch.autograd.Function,), {
         "generate_vmap_rule": True, "forward": staticmethod(forward),
-        "setup_context": staticmethod(setup_context), "backward": staticmethod(backward)})
+        "setup_context": staticmethod(setup_context), "backward": staticmethod(backward),
+        "jvp": staticmethod(jvp or _no_jvp(name))})
 
 
 def _save_sampler_inputs(ctx, inputs, output):
@@ -37,7 +49,9 @@ def _save_sampler_inputs(ctx, inputs, output):
 def _sampler_backward(backward_op):
     """A sampler's first backward, by its backward op, as csrc/autograd.cpp's computes it."""
     def backward(ctx, grad_output):
-        input, source = ctx.saved_tensors
+        # The inputs as the kernel saw them: under autocast, the op's cast (csrc/autocast.cpp)
+        # gave both grad_output's dtype, which is the output's.
+        input, source = (t.to(grad_output.dtype) for t in ctx.saved_tensors)
         sampling = ctx.options[-3:]  # interpolation, padding, align_corners
         grads = getattr(_ops.functorch_ops, backward_op)(
             grad_output, input, source, *sampling, list(ctx.needs_input_grad[:2]),
@@ -47,26 +61,36 @@ def _sampler_backward(backward_op):
 
 
 def _save_affine_grid_inputs(ctx, inputs, output):
-    ctx.align_corners = inputs[2]
+    _, ctx.size, ctx.align_corners = inputs
 
 
 def _affine_grid_backward(ctx, grad_grid):
     return _ops.functorch_ops.affine_grid_backward(grad_grid, ctx.align_corners), None, None
 
 
-_FUNCTIONS = {
-    "grid_sample": (_save_sampler_inputs, _sampler_backward("grid_sample_backward")),
-    "affine_sample": (_save_sampler_inputs, _sampler_backward("affine_sample_backward")),
-    "affine_grid": (_save_affine_grid_inputs, _affine_grid_backward),
-    "grid_sample_backward": (_ops._save_backward_inputs, _ops._grid_sample_double_backward),
-    "affine_sample_backward": (_ops._save_backward_inputs, _ops._affine_sample_double_backward),
-    "affine_grid_backward": (_ops._affine_grid_backward_setup, _ops._affine_grid_double_backward),
+def _affine_grid_jvp(ctx, theta_tangent, *_):
+    # affine_grid is linear in theta: its tangent is the grid of theta's tangent.
+    return _ops.differentiable_ops().affine_grid(theta_tangent, ctx.size, ctx.align_corners)
+
+
+def _affine_grid_backward_jvp(ctx, grad_grid_tangent, _):
+    return _ops.differentiable_ops().affine_grid_backward(grad_grid_tangent, ctx.align_corners)
+
+
+_FUNCTIONS = {  # name: setup_context, backward, jvp (None: forward mode refused)
+    "grid_sample": (_save_sampler_inputs, _sampler_backward("grid_sample_backward"), None),
+    "affine_sample": (_save_sampler_inputs, _sampler_backward("affine_sample_backward"), None),
+    "affine_grid": (_save_affine_grid_inputs, _affine_grid_backward, _affine_grid_jvp),
+    "grid_sample_backward": (_ops._save_backward_inputs, _ops._grid_sample_double_backward, None),
+    "affine_sample_backward": (_ops._save_backward_inputs, _ops._affine_sample_double_backward, None),
+    "affine_grid_backward": (_ops._affine_grid_backward_setup, _ops._affine_grid_double_backward,
+                             _affine_grid_backward_jvp),
 }
 
-for _name, (_setup, _backward) in _FUNCTIONS.items():
+for _name, (_setup, _backward, _jvp) in _FUNCTIONS.items():
     # The forward, with grad mode off, goes straight to the kernels. torch.compile runs
     # these eagerly, at a graph break: it cannot trace the C++ ops under a transform.
-    _fn = _function(f"{_name}_function", getattr(ops, _name).default, _setup, _backward)
+    _fn = _function(_name, getattr(ops, _name).default, _setup, _backward, _jvp)
     setattr(_ops.functorch_ops, _name, torch.compiler.disable(_fn.apply, recursive=True))
 
 

@@ -8,6 +8,7 @@ ops' autograd) are in csrc/; their torch.func support in stn_cuda/_functorch.py.
 import types
 
 import torch
+from torch.autograd import forward_ad
 
 from . import _C  # noqa: F401  (loads the library, registering torch.ops.stn_cuda)
 from . import _reference
@@ -15,17 +16,20 @@ from . import _reference
 ops = torch.ops.stn_cuda
 
 # functorch's transforms (torch.func.grad, vjp, jacrev, vmap) refuse the forward ops' C++
-# autograd and torch.library's Python autograd of the backward ops: while one is active,
-# autograd goes through Python autograd.Functions of the same ops instead, which
+# autograd and torch.library's Python autograd of the backward ops, and C++ autograd
+# Functions have no forward mode: while a transform is active or a forward-AD dual level
+# is open, autograd goes through Python autograd.Functions of the same ops instead, which
 # stn_cuda/_functorch.py puts here under the ops' names, with the ops' signatures.
 functorch_ops = types.SimpleNamespace()
 
 
 def differentiable_ops():
     """The ops as a differentiable computation calls them: torch.ops', or while a
-    torch.func transform is active, functorch_ops (torch.compile takes the test for a
-    constant)."""
-    return functorch_ops if torch._C._are_functorch_transforms_active() else ops
+    torch.func transform is active or a forward-AD dual level open, functorch_ops
+    (torch.compile takes the test for a constant)."""
+    if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
+        return functorch_ops
+    return ops
 
 try:  # Tensor.suggest_memory_format, which Python tensors lack (FakeTensor included)
     from torch._prims_common import suggest_memory_format

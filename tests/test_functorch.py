@@ -1,14 +1,16 @@
 """torch.func's transforms (grad, vjp, jacrev, vmap and their compositions) over
 grid_sample, affine_sample and affine_grid: the same values and gradients as torch's
 functions under the same transforms, or as plain autograd where torch has none (double
-backward), and vmap by the ops' own rules (stn_cuda/_functorch.py), not a loop."""
+backward), and vmap by the ops' own rules (stn_cuda/_functorch.py), not a loop; forward
+mode where torch has it (affine_grid) and an error where it has not (the samplers)."""
 import functools
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.func import grad, jacrev, vjp, vmap
+from torch.autograd import forward_ad
+from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 
 import stn_cuda
 from helpers import Ops, leaf, make, random_theta, torch_affine_sample
@@ -189,3 +191,66 @@ def test_under_torch_compile(device):
     torch._dynamo.reset()
     assert_all_close(torch.compile(per_sample)(input, geometry["affine_sample"]),
                      per_sample(input, geometry["affine_sample"]))
+
+
+@pytest.mark.parametrize("dims", [2, 3], ids=["4d", "5d"])
+def test_forward_mode_of_affine_grid(device, dims, align_corners, no_loop_warnings):
+    """affine_grid's jvp, jacfwd and dual tensors, as torch's (linear in theta), also
+    through patch_torch() and in the forward-over-reverse Hessian of a loss."""
+    theta, tangent = (random_theta(2, device=device, dims=dims) for _ in range(2))
+    size = (2, 3, 4, 5, 3)[:dims + 2]
+    ours = functools.partial(stn_cuda.affine_grid, size=size, align_corners=align_corners)
+    theirs = functools.partial(F.affine_grid, size=size, align_corners=align_corners)
+    assert_all_close(jvp(ours, (theta,), (tangent,)), jvp(theirs, (theta,), (tangent,)))
+    assert_all_close([jacfwd(ours)(theta)], [jacfwd(theirs)(theta)])
+    with forward_ad.dual_level():
+        for requires_grad in (False, True):
+            dual = forward_ad.make_dual(theta.clone().requires_grad_(requires_grad), tangent)
+            assert_all_close(forward_ad.unpack_dual(ours(dual)), forward_ad.unpack_dual(theirs(dual)))
+    with stn_cuda.patched_torch(device), Ops() as ran:  # F.affine_grid looked up when called
+        patched = jvp(lambda t: F.affine_grid(t, size, align_corners=align_corners), (theta,), (tangent,))
+    assert "stn_cuda::affine_grid" in ran.names
+    assert_all_close(patched, jvp(theirs, (theta,), (tangent,)))
+
+    def loss(fn):
+        return lambda t: fn(t).pow(3).sum()
+    assert_all_close([jacfwd(jacrev(loss(ours)))(theta)], [jacfwd(jacrev(loss(theirs)))(theta)])
+
+
+def test_samplers_refuse_forward_mode(device):
+    """Forward-mode AD over the samplers is an error, as over torch's grid_sample (whose
+    error is a NotImplementedError too), never a silently missing tangent."""
+    input, geometry = inputs(device)
+    for name, ours, _ in samplers("bilinear", "zeros", False):
+        args = (input, geometry[name])
+        for k in range(2):
+            tangents = tuple(torch.ones_like(a) if i == k else torch.zeros_like(a) for i, a in enumerate(args))
+            with pytest.raises(NotImplementedError, match="forward-mode AD"):
+                jvp(ours, args, tangents)
+            for requires_grad, grad_mode in [(False, True), (False, False), (True, True)]:
+                with forward_ad.dual_level(), torch.set_grad_enabled(grad_mode):
+                    duals = [forward_ad.make_dual(a.clone().requires_grad_(requires_grad), torch.ones_like(a))
+                             if i == k else a for i, a in enumerate(args)]
+                    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+                        ours(*duals)
+                    with pytest.raises(RuntimeError, match="jvp"):  # the C++ autograd, called directly
+                        getattr(torch.ops.stn_cuda, name)(*duals, *(
+                            [0, 0, False] if name == "grid_sample" else [[4, 3], 0, 0, False]))
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["same dtypes", "mixed dtypes"])
+def test_under_autocast(device, mixed):
+    """Under torch.autocast the ops cast their inputs (csrc/autocast.cpp); their torch.func
+    backward gets the cast inputs as the C++ one does: the same gradients, in each input's
+    own dtype."""
+    low = torch.bfloat16 if device == "cpu" else torch.float16
+    input, geometry = inputs(device)
+    for name, ours, _ in samplers("bilinear", "border", False):
+        args = (input.to(low), geometry[name].to(torch.float32 if mixed else low))
+        with torch.autocast(device, dtype=low):
+            got = grad(lambda x, g: ours(x, g).float().square().sum(), argnums=(0, 1))(*args)
+            leaves = [leaf(a) for a in args]
+            expected = torch.autograd.grad(ours(*leaves).float().square().sum(), leaves)
+        for g, e, a in zip(got, expected, args):
+            assert g.dtype == a.dtype
+            torch.testing.assert_close(g, e, atol=0, rtol=0)
