@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator  # noqa: E402
 
+from .checks import MISMATCH  # noqa: E402
 from .impls import CANDIDATE, FAMILIES, family  # noqa: E402
 from .workloads import DIRECTIONS  # noqa: E402
 
@@ -48,8 +49,8 @@ def _check(row: dict, names: List[str]) -> str:
     entries = {name: row["impls"][name] for name in names if _measured(row, name)}
     status = [entry["check"] for name, entry in entries.items() if entry["role"] == CANDIDATE]
     status += [f"{name}: {entry['check']}" for name, entry in entries.items()
-               if entry["role"] != CANDIDATE and entry["check"] == "mismatch"]
-    return "; ".join(s.upper() if s == "mismatch" else s for s in status)
+               if entry["role"] != CANDIDATE and entry["check"] == MISMATCH]
+    return "; ".join(s.upper() if s == MISMATCH else s for s in status)
 
 
 def _family_table(family_name: str, rows: List[dict]) -> List[str]:
@@ -83,28 +84,31 @@ def _family_table(family_name: str, rows: List[dict]) -> List[str]:
 
 def _summary(rows: List[dict]) -> List[str]:
     """Per family and dtype, in each direction: the geometric mean over the workloads of
-    the candidate's speedup over the fastest torch implementation, and its worst case."""
+    the candidate's speedup over the fastest torch implementation, and its worst case.
+    A workload whose candidate failed its check is left out: a wrong result's speed
+    counts for nothing."""
     lines = ["## Summary: speedup over the fastest torch implementation", "",
-             "Geometric mean over the workloads (in brackets: the workload where the speedup is least).", "",
-             "| stn_cuda | dtype | workloads | " + " | ".join(DIRECTIONS) + " |",
-             "|" + "---|" * (3 + len(DIRECTIONS))]
+             "Geometric mean over the workloads whose results checked out (how many; the one where the"
+             " speedup is least).", "",
+             "| stn_cuda | dtype | " + " | ".join(DIRECTIONS) + " |",
+             "|" + "---|" * (2 + len(DIRECTIONS))]
     for family_name in FAMILIES:
         candidate = _candidate(family_name)
         for dtype in dict.fromkeys(row["dtype"] for row in rows):
-            cells, workloads = [], set()
+            cells = []
             for direction in DIRECTIONS:
-                found = {row["workload"]: row["impls"][candidate]["speedup_vs_best_torch"] for row in rows
+                found = {row["workload"]: entry["speedup_vs_best_torch"] for row in rows
                          if row["dtype"] == dtype and row["direction"] == direction and _measured(row, candidate)
-                         and row["impls"][candidate]["speedup_vs_best_torch"]}
-                workloads |= found.keys()
+                         for entry in [row["impls"][candidate]]
+                         if entry["speedup_vs_best_torch"] and entry.get("check") != MISMATCH}
                 if found:
                     mean = math.exp(sum(math.log(v) for v in found.values()) / len(found))
                     slowest = min(found, key=found.get)
-                    cells.append(f"{mean:.2f}× (least: {slowest} {found[slowest]:.2f}×)")
+                    cells.append(f"{mean:.2f}× ({len(found)}; least: {slowest} {found[slowest]:.2f}×)")
                 else:
                     cells.append("–")
-            if workloads:
-                lines.append(f"| {candidate} | {dtype} | {len(workloads)} | " + " | ".join(cells) + " |")
+            if any(cell != "–" for cell in cells):
+                lines.append(f"| {candidate} | {dtype} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

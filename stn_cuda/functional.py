@@ -82,7 +82,10 @@ _SPATIAL = {2: "(H_out, W_out)", 3: "(D_out, H_out, W_out)"}
 
 
 def _integers(fn: str, size: Sequence[int], name: str) -> list:
-    """size's entries as ints; a float or anything else that is not an integer is an error, as in torch."""
+    """size's entries as ints; a float or anything else that is not an integer is an error, as in torch,
+    and so is a size that is not a tuple or list (a tensor, an array)."""
+    if not isinstance(size, (tuple, list)):  # torch.Size is a tuple
+        raise TypeError(f"stn_cuda.{fn}(): expected {name} to be a tuple or list of ints, got {type(size).__name__}")
     try:
         return [operator.index(s) for s in size]
     except TypeError:

@@ -12,6 +12,7 @@ they sample 0 and pass no gradient, in every padding mode; see the README.)
 """
 import contextlib
 import functools
+import threading
 from typing import Sequence, Union
 
 import torch
@@ -24,10 +25,11 @@ __all__ = ["patch_torch", "unpatch_torch", "patched_torch"]
 # Plain tensors only: subclasses (DTensor, ...) go to torch, which knows them.
 _TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 _DEVICE_TYPES = ("cpu", "cuda") if _C.built_with_cuda else ("cpu",)
-_routed = set()  # the device types whose calls go to stn_cuda while patched
+_routed = frozenset()  # the device types whose calls go to stn_cuda while patched (replaced whole)
 _MODES = ("bilinear", "nearest", "bicubic")
 _PADDING_MODES = ("zeros", "border", "reflection")
 _originals = {}  # name -> the torch.nn.functional attribute that patch_torch() replaced
+_lock = threading.Lock()  # patching and unpatching, one thread at a time
 
 
 def _supported(*tensors) -> bool:
@@ -97,41 +99,44 @@ def patch_torch(devices: Union[str, Sequence[str]] = ("cuda",)) -> None:
     CPU calls too, for stn_cuda's semantics (non-finite points) or its volumes.
 
     Code that bound the functions before the call (``from torch.nn.functional
-    import grid_sample``) keeps torch's.
+    import grid_sample``) keeps torch's. The patch is process-wide: every thread sees it.
     """
+    global _routed
     devices = (devices,) if isinstance(devices, str) else tuple(devices)
     unknown = [d for d in devices if d not in ("cpu", "cuda")]
     if unknown:
         raise ValueError(f"stn_cuda.patch_torch(): expected devices among 'cpu' and 'cuda', got {unknown}")
-    _routed.clear()
-    _routed.update(d for d in devices if d in _DEVICE_TYPES)
-    if _originals:
-        return
-    for name, route in _ROUTES.items():
-        _originals[name] = getattr(F, name)
-        setattr(F, name, route(_originals[name]))
+    with _lock:
+        _routed = frozenset(d for d in devices if d in _DEVICE_TYPES)
+        if _originals:
+            return
+        for name, route in _ROUTES.items():
+            _originals[name] = getattr(F, name)
+            setattr(F, name, route(_originals[name]))
 
 
 def unpatch_torch() -> None:
     """Restore the torch.nn.functional functions that patch_torch() replaced.
     Idempotent."""
-    _routed.clear()
-    while _originals:
-        name, original = _originals.popitem()
-        setattr(F, name, original)
+    global _routed
+    with _lock:
+        _routed = frozenset()
+        while _originals:
+            name, original = _originals.popitem()
+            setattr(F, name, original)
 
 
 @contextlib.contextmanager
 def patched_torch(devices: Union[str, Sequence[str]] = ("cuda",)):
     """patch_torch(devices) for the duration of a with block; on exit, torch.nn.functional
     is as it was on entry (still patched, for the same devices, if it was already)."""
-    was_patched, was_routed = bool(_originals), set(_routed)
+    with _lock:
+        was_patched, was_routed = bool(_originals), tuple(_routed)
     patch_torch(devices)
     try:
         yield
     finally:
         if was_patched:
-            _routed.clear()
-            _routed.update(was_routed)
+            patch_torch(was_routed)
         else:
             unpatch_torch()

@@ -106,9 +106,11 @@ def test_summary_is_the_geometric_mean():
         return {"workload": workload, "dtype": "float32", "direction": direction,
                 "impls": {"stn_cuda.grid_sample": {"median_ms": 1.0, "speedup_vs_best_torch": speedup}}}
 
-    rows = [row("a", "forward", 2.0), row("b", "forward", 8.0), row("a", "backward", 0.5)]
+    rows = [row("a", "forward", 2.0), row("b", "forward", 8.0), row("a", "backward", 0.5),
+            row("b", "backward", 100.0)]
+    rows[-1]["impls"]["stn_cuda.grid_sample"]["check"] = checks.MISMATCH  # left out
     line, = [line for line in report._summary(rows) if line.startswith("| stn_cuda.grid_sample")]
-    assert line == ("| stn_cuda.grid_sample | float32 | 2 | 4.00× (least: a 2.00×) | 0.50× (least: a 0.50×) | – |")
+    assert line == ("| stn_cuda.grid_sample | float32 | 4.00× (2; least: a 2.00×) | 0.50× (1; least: a 0.50×) | – |")
 
 
 def test_speedup_chart_is_a_png(quick_run):

@@ -229,17 +229,18 @@ def test_patch_routes_cuda_calls_by_default(device):
 def test_patch_torch_is_idempotent_and_restores_torch():
     torch_functions = F.grid_sample, F.affine_grid
     bound_before = F.grid_sample  # as `from torch.nn.functional import grid_sample` would
-    stn_cuda.patch_torch()
+    stn_cuda.patch_torch(EVERY_DEVICE)
     patched = F.grid_sample, F.affine_grid
-    stn_cuda.patch_torch()
+    stn_cuda.patch_torch(EVERY_DEVICE)
     assert (F.grid_sample, F.affine_grid) == patched and patched[0] is not torch_functions[0]
-    with stn_cuda.patched_torch():  # nested: leaves the outer patch in place
+    with stn_cuda.patched_torch("cuda"):  # nested: leaves the outer patch in place, devices too
         pass
     assert (F.grid_sample, F.affine_grid) == patched
     input, grid, _ = sampler_inputs("cpu")
-    with Ops() as ops:
-        bound_before(input, grid, align_corners=False)
-    assert ops.namespaces == {"aten"}
+    for fn, namespace in [(bound_before, "aten"), (F.grid_sample, "stn_cuda")]:
+        with Ops() as ops:
+            fn(input, grid, align_corners=False)
+        assert ops.namespaces == {namespace}
     stn_cuda.unpatch_torch()
     stn_cuda.unpatch_torch()
     assert (F.grid_sample, F.affine_grid) == torch_functions
