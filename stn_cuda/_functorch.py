@@ -123,7 +123,42 @@ def _vmap_rule(op, tensors, size_arg=None):
     return rule
 
 
-for _name, _tensors, _size_arg in [("grid_sample", 2, None), ("affine_sample", 2, None),
-                                   ("affine_grid", 1, 1), ("grid_sample_backward", 3, None),
+# One input, many grids: the grids side by side along their first spatial dimension (a grid's
+# dimension 1, an output's 2) sample the input once, where a fold would copy it per grid.
+
+def _fold_spatially(info, tensor, dim, spatial):
+    if dim is None:
+        tensor, dim = tensor.expand(info.batch_size, *tensor.shape), 0
+    return tensor.movedim(dim, spatial).flatten(spatial, spatial + 1)
+
+
+def _unfold_spatially(info, tensor, spatial):
+    return None if tensor is None else tensor.unflatten(spatial, (info.batch_size, -1)).movedim(spatial, 0)
+
+
+_fold_rule = _vmap_rule(ops.grid_sample.default, 2)
+_fold_backward_rule = _vmap_rule(ops.grid_sample_backward.default, 3)
+
+
+def _grid_sample_rule(info, in_dims, input, grid, *options):
+    if in_dims[0] is not None:
+        return _fold_rule(info, in_dims, input, grid, *options)
+    output = ops.grid_sample(input, _fold_spatially(info, grid, in_dims[1], 1), *options)
+    return _unfold_spatially(info, output, 2), 0
+
+
+def _grid_sample_backward_rule(info, in_dims, grad_output, input, grid, *options):
+    output_mask = options[3]
+    if in_dims[1] is not None or output_mask[0]:  # a grad_input per grid: the input folded
+        return _fold_backward_rule(info, in_dims, grad_output, input, grid, *options)
+    _, grad_grid = ops.grid_sample_backward(
+        _fold_spatially(info, grad_output, in_dims[0], 2), input,
+        _fold_spatially(info, grid, in_dims[2], 1), *options)
+    return (None, _unfold_spatially(info, grad_grid, 1)), (None, 0)
+
+
+torch.library.register_vmap("stn_cuda::grid_sample", _grid_sample_rule)
+torch.library.register_vmap("stn_cuda::grid_sample_backward", _grid_sample_backward_rule)
+for _name, _tensors, _size_arg in [("affine_sample", 2, None), ("affine_grid", 1, 1),
                                    ("affine_sample_backward", 3, None), ("affine_grid_backward", 1, None)]:
     torch.library.register_vmap(f"stn_cuda::{_name}", _vmap_rule(getattr(ops, _name).default, _tensors, _size_arg))

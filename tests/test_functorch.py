@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad
 from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import stn_cuda
 from helpers import Ops, leaf, make, random_theta, torch_affine_sample
@@ -92,6 +93,49 @@ def test_vmap_is_a_loop_over_the_vmapped_dimension(device, mode, no_loop_warning
         for in_dims, args, sample in cases:
             got = vmap(ours, in_dims=in_dims)(*args)
             assert_all_close([got], [torch.stack([ours(*sample(k)) for k in range(3)])])
+
+
+class _StnCalls(TorchDispatchMode):
+    """Records the tensor arguments of every stn_cuda op called under it."""
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "stn_cuda":
+            self.calls.append((func.__name__, [a for a in args if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_vmap_over_grids_samples_a_shared_input_once(device, mode, dims, no_loop_warnings):
+    """One input, many grids (vmap and vmap(grad) over the grid only): the kernels get the
+    input itself, not a copy per grid, with the values and grid gradients of a loop."""
+    if dims == 3 and mode == "bicubic":
+        pytest.skip("bicubic is 4-D only, as in torch")
+    shape = (2, 3, 5, 6, 4, 3) if dims == 2 else (2, 2, 4, 5, 3, 3, 2, 4)
+    input, grid = (t.detach() for t in make(shape, device))
+    grids = torch.stack([grid, 0.5 * grid, -grid.flip(1)], dim=1)  # vmapped dimension 1
+
+    def sample(g):
+        return stn_cuda.grid_sample(input, g, mode=mode, padding_mode="border", align_corners=True)
+
+    def loss(g):
+        return sample(g).sin().sum()
+
+    with _StnCalls() as recorded:
+        got = [vmap(sample, in_dims=1)(grids), vmap(grad(loss), in_dims=1)(grids)]
+    assert [name for name, _ in recorded.calls] == ["grid_sample.default", "grid_sample.default",
+                                                    "grid_sample_backward.default"]
+    for name, tensors in recorded.calls:
+        source = tensors[0] if name == "grid_sample.default" else tensors[1]
+        assert source.data_ptr() == input.data_ptr() and source.shape == input.shape, name
+    assert_all_close(got, [torch.stack([fn(grids[:, k]) for k in range(3)]) for fn in (sample, grad(loss))])
+    # A gradient to the shared input is one per grid: that backward takes the input folded.
+    grad_input = grad(lambda x, g: stn_cuda.grid_sample(x, g, mode=mode, align_corners=True).sin().sum())
+    assert_all_close([vmap(grad_input, in_dims=(None, 1))(input, grids)],
+                     [torch.stack([grad_input(input, grids[:, k]) for k in range(3)])])
 
 
 @pytest.mark.parametrize("mode", MODES)
