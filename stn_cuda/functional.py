@@ -36,6 +36,12 @@ def _mode_codes(fn: str, mode: str, padding_mode: str):
     return _MODES[mode], _PADDING_MODES[padding_mode]
 
 
+def _type_name(value) -> str:
+    """int, or numpy.bool: where a builtin's name alone would mislead."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def _align_corners(fn: str, align_corners) -> bool:
     """align_corners as torch takes it: a bool, or None for False, with torch's warning."""
     if align_corners is None:
@@ -44,13 +50,13 @@ def _align_corners(fn: str, align_corners) -> bool:
                       "documentation of grid_sample for details.", stacklevel=3)
         return False
     if not isinstance(align_corners, bool):
-        raise TypeError(f"stn_cuda.{fn}(): expected align_corners to be a bool, got {type(align_corners).__name__}")
+        raise TypeError(f"stn_cuda.{fn}(): expected align_corners to be a bool, got {_type_name(align_corners)}")
     return align_corners
 
 
 def _check_tensor(fn: str, name: str, value):
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"stn_cuda.{fn}(): expected {name} to be a torch.Tensor, got {type(value).__name__}")
+        raise TypeError(f"stn_cuda.{fn}(): expected {name} to be a torch.Tensor, got {_type_name(value)}")
     if value.is_cuda and not _C.built_with_cuda:
         raise RuntimeError(
             f"stn_cuda.{fn}(): {name} is on {value.device}, but stn_cuda was built without its "
@@ -85,7 +91,7 @@ def _integers(fn: str, size: Sequence[int], name: str) -> list:
     """size's entries as ints; a float or anything else that is not an integer is an error, as in torch,
     and so is a size that is not a tuple or list (a tensor, an array)."""
     if not isinstance(size, (tuple, list)):  # torch.Size is a tuple
-        raise TypeError(f"stn_cuda.{fn}(): expected {name} to be a tuple or list of ints, got {type(size).__name__}")
+        raise TypeError(f"stn_cuda.{fn}(): expected {name} to be a tuple or list of ints, got {_type_name(size)}")
     try:
         return [operator.index(s) for s in size]
     except TypeError:

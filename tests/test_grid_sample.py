@@ -308,10 +308,12 @@ BAD_CALLS = [
     ("unknown mode", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), mode="linear"), ValueError, "mode"),
     ("unknown padding", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), padding_mode="wrap"), ValueError, "padding_mode"),
     ("empty spatial input", lambda: stn_cuda.grid_sample(_x(1, 3, 0, 4), _x(1, 2, 2, 2)), ValueError, "spatial"),
-    ("not a tensor", lambda: stn_cuda.grid_sample([[1.0]], _x(1, 2, 2, 2)), TypeError, "input"),
+    ("not a tensor", lambda: stn_cuda.grid_sample([[1.0]], _x(1, 2, 2, 2)), TypeError, "input to be a torch.Tensor, got list"),
     ("raw op bad mode", lambda: torch.ops.stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), 3, 0, False), ValueError, "interpolation_mode"),
     ("meta grid", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2).to("meta")), ValueError, "same device"),
     ("align_corners int", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), align_corners=1), TypeError, "align_corners"),
+    ("align_corners tensor", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), align_corners=torch.tensor(True)),
+     TypeError, "align_corners to be a bool, got torch.Tensor"),
     ("raw op bad padding", lambda: torch.ops.stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), 0, 7, False), ValueError, "padding_mode"),
 ]
 
