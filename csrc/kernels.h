@@ -20,10 +20,10 @@
 
 namespace stn {
 
-// Speed settings of the CUDA image kernels (stn_cuda.set_tuning): how they do
-// their work, which changes no result beyond rounding (the order of atomic
-// adds varies from run to run in every setting). Read at each launch; the CPU
-// ignores them.
+// Speed settings of the image kernels (stn_cuda.set_tuning): how they do their
+// work, which changes no result beyond rounding (the order of atomic adds
+// varies from run to run in every setting). Read at each launch; the CPU reads
+// cpu_gathers alone, CUDA the others.
 //
 // How the backward adds into grad_input (bilinear and nearest; bicubic and
 // channel vectors scatter by Atomic alone):
@@ -38,6 +38,10 @@ struct Tuning {
   // pixel's channels per load and add into grad_input by vector atomics
   // (cuda/vectors.cuh), where the input's layout allows.
   bool channel_vectors;
+  // The CPU's bilinear and nearest forward reads 16 points' neighbours per
+  // AVX-512 gather (float32, 32-bit offsets, a CPU with AVX-512): the same
+  // bits as its scalar loop.
+  bool cpu_gathers;
 };
 Tuning tuning();
 

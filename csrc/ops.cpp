@@ -387,14 +387,15 @@ TORCH_LIBRARY_IMPL(stn_cuda, CUDA, m) { STN_REGISTER_IMPLS(m); }
 namespace {
 // The Tuning in force, as one code per setting (tuning.py names them): each
 // below its kTuningChoices.
-enum TuningSetting : long { kScatter = 0, kChannelVectors = 1, kTuningSettings = 2 };
-constexpr long kTuningChoices[kTuningSettings] = {2, 2};
+enum TuningSetting : long { kScatter = 0, kChannelVectors = 1, kCpuGathers = 2, kTuningSettings = 3 };
+constexpr long kTuningChoices[kTuningSettings] = {2, 2, 2};
 std::atomic<int> tuning_codes[kTuningSettings] = {};
 }  // namespace
 
 Tuning tuning() {
   return {static_cast<Scatter>(tuning_codes[kScatter].load(std::memory_order_relaxed)),
-          tuning_codes[kChannelVectors].load(std::memory_order_relaxed) != 0};
+          tuning_codes[kChannelVectors].load(std::memory_order_relaxed) != 0,
+          tuning_codes[kCpuGathers].load(std::memory_order_relaxed) == 0};  // code 0: on
 }
 
 }  // namespace stn

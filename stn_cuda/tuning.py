@@ -1,6 +1,6 @@
-"""Speed settings: choices of how the CUDA image kernels do their work that change no
-result beyond rounding (unlike deterministic mode, which promises the same bits run
-after run). The CPU ignores them; the CUDA kernels read them at each launch.
+"""Speed settings: choices of how the image kernels do their work that change no result
+beyond rounding (unlike deterministic mode, which promises the same bits run after run).
+The kernels read them at each launch: the CPU's cpu_gathers alone, CUDA's the others.
 
 scatter: how the backward ('bilinear' and 'nearest') adds into grad_input, which every
 output point reaches through its four corners:
@@ -21,6 +21,11 @@ default) reads one channel at a time. Inputs it does not fit, and those too larg
 32-bit offsets (about 2^31 elements a batch element, 2^30 output points), take the
 default kernels. Where it applies, it takes the place of scatter='warp'.
 
+cpu_gathers: on a CPU with AVX-512, the 'bilinear' and 'nearest' forward (grid_sample
+and affine_sample, float32, inputs that take 32-bit offsets) reads a neighbour of 16
+output points per gather instruction. True (the default) where the CPU has them; False
+reads one at a time. The same bits either way.
+
 With atomics the order of the sums varies from run to run in every setting. The
 deterministic backward has no atomics and ignores scatter; its bits are the same run
 after run for the same settings (channel_vectors changes the fixed order in which a
@@ -38,6 +43,7 @@ __all__ = ["set_tuning", "get_tuning", "use_tuning"]
 _SETTINGS = {
     "scatter": (0, ("atomic", "warp")),
     "channel_vectors": (1, (False, True)),
+    "cpu_gathers": (2, (True, False)),
 }
 
 
@@ -65,8 +71,8 @@ def set_tuning(**settings) -> None:
 
 
 def get_tuning() -> dict:
-    """The settings in force, by name: {'scatter': 'atomic', 'channel_vectors': False}
-    by default."""
+    """The settings in force, by name: {'scatter': 'atomic', 'channel_vectors': False,
+    'cpu_gathers': True} by default."""
     return {name: values[_C.tuning(index)] for name, (index, values) in _SETTINGS.items()}
 
 

@@ -1,6 +1,6 @@
 """The speed settings (stn_cuda.set_tuning, get_tuning, use_tuning): their values, their
-errors, and that the CPU ignores them. What each does on CUDA: test_scatter.py,
-test_channel_vectors.py."""
+errors, that the CPU ignores CUDA's, and that its gathers (cpu_gathers) give the bits of
+its scalar loop. What CUDA's do: test_scatter.py, test_channel_vectors.py."""
 import pytest
 import torch
 
@@ -8,8 +8,8 @@ import stn_cuda
 
 from helpers import grads, make, random_theta
 
-DEFAULTS = {"scatter": "atomic", "channel_vectors": False}
-EVERY_OTHER = {"scatter": "warp", "channel_vectors": True}
+DEFAULTS = {"scatter": "atomic", "channel_vectors": False, "cpu_gathers": True}
+EVERY_OTHER = {"scatter": "warp", "channel_vectors": True, "cpu_gathers": False}
 
 
 def test_defaults():
@@ -20,7 +20,7 @@ def test_settings_round_trip():
     with stn_cuda.use_tuning(scatter="warp"):
         assert stn_cuda.get_tuning() == {**DEFAULTS, "scatter": "warp"}
         with stn_cuda.use_tuning(channel_vectors=True, scatter="atomic"):
-            assert stn_cuda.get_tuning() == {"scatter": "atomic", "channel_vectors": True}
+            assert stn_cuda.get_tuning() == {**DEFAULTS, "channel_vectors": True}
         assert stn_cuda.get_tuning() == {**DEFAULTS, "scatter": "warp"}
     assert stn_cuda.get_tuning() == DEFAULTS
     stn_cuda.set_tuning(**EVERY_OTHER)
@@ -44,10 +44,12 @@ def test_settings_are_restored_after_an_error():
     ({"scatter": 1}, "scatter to be one of"),
     ({"channel_vectors": 1}, r"channel_vectors to be one of False, True, got 1"),
     ({"channel_vectors": "yes"}, "channel_vectors to be one of"),
-    ({"vectors": True}, "settings among scatter, channel_vectors, got 'vectors'"),
+    ({"cpu_gathers": 0}, r"cpu_gathers to be one of True, False, got 0"),
+    ({"vectors": True}, "settings among scatter, channel_vectors, cpu_gathers, got 'vectors'"),
     # a good setting beside a bad one is not applied either
     ({"scatter": "warp", "channel_vectors": None}, "channel_vectors to be one of"),
-], ids=["unknown mode", "None", "int", "int for bool", "str for bool", "unknown name", "one bad of two"])
+], ids=["unknown mode", "None", "int", "int for bool", "str for bool", "int for cpu_gathers", "unknown name",
+        "one bad of two"])
 def test_bad_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         stn_cuda.set_tuning(**settings)
@@ -57,28 +59,82 @@ def test_bad_settings(settings, message):
     assert stn_cuda.get_tuning() == DEFAULTS
 
 
-@pytest.mark.parametrize("bad", [(0, 2), (1, -1), (2, 0), (-1, 0)])
+@pytest.mark.parametrize("bad", [(0, 2), (1, -1), (2, 2), (3, 0), (-1, 0)])
 def test_the_extension_checks_codes(bad):
     with pytest.raises(ValueError, match="expected a"):
         stn_cuda._C.set_tuning(*bad)
     assert stn_cuda.get_tuning() == DEFAULTS
 
 
+def bits(t):
+    """t's bits (float32), so that -0.0 differs from 0.0, with one NaN for all: which NaN an
+    add of two returns depends on the order of its operands, which compilers swap."""
+    t = t.detach()
+    return torch.where(t.isnan(), float("nan"), t).contiguous().view(torch.int32)
+
+
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
-def test_cpu_ignores_the_settings(mode):
+def test_cpu_results_do_not_depend_on_the_settings(mode):
     """Bit for bit the same results, on an input the CUDA settings would apply to
-    (channels_last, 8 channels)."""
+    (channels_last, 8 channels), with every setting changed (cpu_gathers among them)."""
     input, grid = make((2, 8, 9, 9, 16, 16), "cpu", dtype=torch.float32, spread=0.1)
     input = input.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     theta = random_theta(2, dtype=torch.float32).requires_grad_()
     go = torch.randn(2, 8, 16, 16)
 
     def run():
-        sampled = grads(stn_cuda.grid_sample(input, grid, mode), (input, grid), go)
-        fused = grads(stn_cuda.affine_sample(input, theta, (16, 16), mode), (input, theta), go)
-        return sampled + fused
+        sampled = stn_cuda.grid_sample(input, grid, mode)
+        fused = stn_cuda.affine_sample(input, theta, (16, 16), mode)
+        return (sampled, fused, *grads(sampled, (input, grid), go), *grads(fused, (input, theta), go))
 
     first = run()
     with stn_cuda.use_tuning(**EVERY_OTHER):
         again = run()
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(bits(a), bits(b)) for a, b in zip(first, again, strict=True))
+
+
+def _awkward_inputs(n, c, h, w):
+    """Float32 inputs (N, C, H, W) in four layouts, with signed zeros, infinities and a NaN
+    among the values, whose sums' signs and NaNs must come out of the gathers as they do
+    out of the scalar loop."""
+    values = torch.randn(n, c, h, 2 * w + 1)
+    specials = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")])
+    pick = torch.rand(values.shape) < 0.15
+    values[pick] = specials[torch.randint(len(specials), (int(pick.sum()),))]
+    dense = values[..., :w].contiguous()
+    return {"contiguous": dense, "channels_last": dense.contiguous(memory_format=torch.channels_last),
+            "strided": values[..., 1::2], "expanded batch": dense[:1].expand(n, c, h, w)}
+
+
+def _awkward_grid(n, h_out, w_out, spread):
+    """Uniform in [-spread, spread], with exact +-1, infinities, NaN and huge values mixed in."""
+    grid = (torch.rand(n, h_out, w_out, 2) * 2 - 1) * spread
+    specials = torch.tensor([1.0, -1.0, float("inf"), -float("inf"), float("nan"), 3e38, -1e9])
+    pick = torch.rand(grid.shape) < 0.1
+    grid[pick] = specials[torch.randint(len(specials), (int(pick.sum()),))]
+    return grid
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512",
+                    reason="the CPU has no AVX-512, so cpu_gathers=True reads one neighbour at a time too")
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_cpu_gathers_give_the_bits_of_the_scalar_loop(mode, padding_mode, align_corners):
+    """grid_sample and affine_sample's forward with and without gathers, bit for bit, over
+    1, 3 and 5 channels, 1x1 to 13x11 inputs in four layouts, outputs whose runs end in
+    part of a vector (1, 35 and 117 points), and grids with every awkward coordinate."""
+    options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    for (c, h, w), (h_out, w_out), spread in [((1, 1, 1), (1, 1), 2.0), ((3, 5, 7), (7, 5), 1.2),
+                                               ((5, 13, 11), (9, 13), 3.0)]:
+        grid = _awkward_grid(2, h_out, w_out, spread)
+        theta = random_theta(2, dtype=torch.float32, spread=1.0)
+        for layout, input in _awkward_inputs(2, c, h, w).items():
+            def run():
+                return (stn_cuda.grid_sample(input, grid, **options),
+                        stn_cuda.affine_sample(input, theta, (h_out, w_out), **options))
+
+            with stn_cuda.use_tuning(cpu_gathers=True):
+                gathered = run()
+            with stn_cuda.use_tuning(cpu_gathers=False):
+                scalar = run()
+            for name, g, s in zip(("grid_sample", "affine_sample"), gathered, scalar, strict=True):
+                assert torch.equal(bits(g), bits(s)), (name, layout, (c, h, w), (h_out, w_out))

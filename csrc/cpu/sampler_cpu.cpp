@@ -23,6 +23,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "../kernels.h"
 
 namespace stn {
@@ -245,13 +249,70 @@ void scatter(const scalar_t* data, acc_t grad_out, const Corners<acc_t, index_t>
   }
 }
 
+// Phase 2 of the forward pass with AVX-512 (Tuning::cpu_gathers): 16 points
+// at a time, each neighbour k of all 16 read by one gather masked by their
+// inside bits k, so outside neighbours are never read. The sums are
+// interpolate's, lane by lane: -0.0 plus each inside term in order (-0.0 + x
+// is x, so where all four are inside this is term 0 + term 1 + term 2 +
+// term 3), and +0.0 where none is inside; a multiply and an add, not fused.
+// The same bits as the scalar loop (tests/test_tuning.py).
+#if defined(__GNUC__) && defined(__x86_64__)
+#define STN_CPU_GATHERS 1
+template <Interpolation I>
+__attribute__((target("avx512f"))) void interpolate_run_gathers(
+    const Run<float, int>& run, const Plane<int> plane, const float* in, int64_t in_sC,
+    float* out, int64_t out_sC, int64_t C) {
+  for (int i0 = 0; i0 < run.size; i0 += 16) {
+    const __mmask16 live = run.size - i0 >= 16 ? 0xffff : (1u << (run.size - i0)) - 1;
+    const __m512i base = _mm512_maskz_loadu_epi32(live, run.base + i0);
+    const __m512i inside = _mm512_maskz_loadu_epi32(live, run.inside + i0);
+    const __mmask16 none_inside = _mm512_testn_epi32_mask(inside, inside);
+    __mmask16 mask[4];
+    __m512i offset[4];
+    __m512 weight[4];
+    for (int k = 0; k < 4; ++k) {
+      mask[k] = _mm512_test_epi32_mask(inside, _mm512_set1_epi32(1 << k));
+      offset[k] = _mm512_add_epi32(base, _mm512_set1_epi32(plane.neighbour_offset(k)));
+      weight[k] = _mm512_maskz_loadu_ps(live, run.weight[k] + i0);
+    }
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t c = 0; c < C; ++c) {
+      const float* in_c = in + c * in_sC;
+      __m512 v;
+      if constexpr (I == Interpolation::Nearest) {  // the value itself, as sample's
+        v = _mm512_mask_i32gather_ps(zero, mask[0], offset[0], in_c, 4);
+      } else {
+        v = _mm512_set1_ps(-0.0f);
+        for (int k = 0; k < 4; ++k) {
+          const __m512 pixel = _mm512_mask_i32gather_ps(zero, mask[k], offset[k], in_c, 4);
+          v = _mm512_mask_add_ps(v, mask[k], v, _mm512_mul_ps(pixel, weight[k]));
+        }
+        v = _mm512_mask_mov_ps(v, none_inside, zero);
+      }
+      _mm512_mask_storeu_ps(out + c * out_sC + i0, live, v);
+    }
+  }
+}
+
+bool cpu_has_gathers() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+#endif
+
 // Phase 2 of the forward pass: the run's points, channel by channel (measured
 // faster than channels innermost, for one channel and for many), into a
-// contiguous output, where the run's points are consecutive. Everything by
-// value, so that it stays in registers.
+// contiguous output, where the run's points are consecutive; with gathers
+// where they apply. Everything by value, so that it stays in registers.
 template <Interpolation I, typename acc_t, typename index_t, typename scalar_t>
 void interpolate_run(const Run<acc_t, index_t>& run, const Plane<index_t> plane,
-                     const scalar_t* in, int64_t in_sC, scalar_t* out, int64_t out_sC, int64_t C) {
+                     const scalar_t* in, int64_t in_sC, scalar_t* out, int64_t out_sC, int64_t C,
+                     bool gathers) {
+#ifdef STN_CPU_GATHERS
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int>) {
+    if (gathers) return interpolate_run_gathers<I>(run, plane, in, in_sC, out, out_sC, C);
+  }
+#endif
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* in_c = in + c * in_sC;
     scalar_t* out_c = out + c * out_sC;
@@ -314,6 +375,11 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
   const auto out = image_of<scalar_t>(output);
   const Runs runs(out.H, out.W);
   const int64_t grain = std::max<int64_t>(1, kGrainSize / (kRun * std::max<int64_t>(1, in.C)));
+#ifdef STN_CPU_GATHERS
+  const bool gathers = tuning().cpu_gathers && cpu_has_gathers();
+#else
+  const bool gathers = false;
+#endif
   with_modes(sampling, [&](auto I, auto P, auto kAlignCorners) {
     with_index_type(in, [&](auto index) {
       using index_t = decltype(index);
@@ -327,7 +393,7 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
           } else {
             locate<false, I, P, kAlignCorners>(run, src, at, out.W, plane);
             interpolate_run<I>(run, plane, in.plane(at.n, 0), in.sC,
-                            out.plane(at.n, 0) + out.offset(at.h, at.w), out.sC, in.C);
+                               out.plane(at.n, 0) + out.offset(at.h, at.w), out.sC, in.C, gathers);
           }
         }
       });
