@@ -44,6 +44,8 @@ struct Tuning {
   bool cpu_gathers;
 };
 Tuning tuning();
+// Whether this CPU and build have cpu_gathers' gathers (cpu/sampler_cpu.cpp).
+bool cpu_has_gathers();
 
 // stn_cuda.set_deterministic's flag (autograd.cpp, whose backward reads it).
 void set_deterministic(bool enabled);

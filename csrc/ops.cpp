@@ -442,6 +442,8 @@ PyObject* set_deterministic(PyObject*, PyObject* arg) {
 
 PyObject* is_deterministic(PyObject*, PyObject*) { return PyBool_FromLong(stn::is_deterministic()); }
 
+PyObject* cpu_has_gathers(PyObject*, PyObject*) { return PyBool_FromLong(stn::cpu_has_gathers()); }
+
 PyMethodDef methods[] = {
     {"set_tuning", set_tuning, METH_VARARGS, "Set a tuning setting's code: set_tuning(setting, code)."},
     {"tuning", get_tuning, METH_O, "A tuning setting's code: tuning(setting)."},
@@ -449,6 +451,8 @@ PyMethodDef methods[] = {
      "Ask for the deterministic backward, or stop asking: set_deterministic(enabled)."},
     {"is_deterministic", is_deterministic, METH_NOARGS,
      "Whether the deterministic backward is asked for."},
+    {"cpu_has_gathers", cpu_has_gathers, METH_NOARGS,
+     "Whether this CPU and build have the gathers of the cpu_gathers setting (AVX-512)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

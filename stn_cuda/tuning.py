@@ -23,8 +23,9 @@ default kernels. Where it applies, it takes the place of scatter='warp'.
 
 cpu_gathers: on a CPU with AVX-512, the 'bilinear' and 'nearest' forward (grid_sample
 and affine_sample, float32, inputs that take 32-bit offsets) reads a neighbour of 16
-output points per gather instruction. True (the default) where the CPU has them; False
-reads one at a time. The same bits either way.
+output points per gather instruction. True (the default) uses them where the CPU and
+build have them (stn_cuda._C.cpu_has_gathers()) and is ignored elsewhere; False reads one
+at a time. The same bits either way.
 
 With atomics the order of the sums varies from run to run in every setting. The
 deterministic backward has no atomics and ignores scatter; its bits are the same run

@@ -1,6 +1,10 @@
 """The speed settings (stn_cuda.set_tuning, get_tuning, use_tuning): their values, their
 errors, that the CPU ignores CUDA's, and that its gathers (cpu_gathers) give the bits of
 its scalar loop. What CUDA's do: test_scatter.py, test_channel_vectors.py."""
+import ctypes
+import mmap
+import sys
+
 import pytest
 import torch
 
@@ -115,8 +119,11 @@ def _awkward_grid(n, h_out, w_out, spread):
     return grid
 
 
-@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512",
-                    reason="the CPU has no AVX-512, so cpu_gathers=True reads one neighbour at a time too")
+needs_gathers = pytest.mark.skipif(not stn_cuda._C.cpu_has_gathers(),
+                                   reason="no AVX-512 here, so cpu_gathers=True reads one neighbour at a time too")
+
+
+@needs_gathers
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 def test_cpu_gathers_give_the_bits_of_the_scalar_loop(mode, padding_mode, align_corners):
     """grid_sample and affine_sample's forward with and without gathers, bit for bit, over
@@ -138,3 +145,51 @@ def test_cpu_gathers_give_the_bits_of_the_scalar_loop(mode, padding_mode, align_
                 scalar = run()
             for name, g, s in zip(("grid_sample", "affine_sample"), gathered, scalar, strict=True):
                 assert torch.equal(bits(g), bits(s)), (name, layout, (c, h, w), (h_out, w_out))
+
+
+def _between_guard_pages(values, at_end):
+    """values (float32, 1-D) copied into memory with no-access pages just before and just
+    after it, its first element on the first page's start (at_end False) or its last on
+    the last page's end: a read past either end faults. Unmapped when the test ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    no_access = 0  # PROT_NONE, which Python's mmap module leaves out
+    page, size = mmap.PAGESIZE, values.numel() * 4
+    pages = -(-size // page)
+    total = (pages + 2) * page
+    start = libc.mmap(None, total, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    assert start not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    assert libc.mprotect(start, page, no_access) == 0
+    assert libc.mprotect(start + (pages + 1) * page, page, no_access) == 0
+    first = start + page + (pages * page - size if at_end else 0)
+    tensor = torch.frombuffer((ctypes.c_float * values.numel()).from_address(first), dtype=torch.float32)
+    tensor.copy_(values)
+    return tensor, lambda: libc.munmap(start, total)
+
+
+@needs_gathers
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="guard pages by Linux's mmap and mprotect")
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_cpu_gathers_read_nothing_outside_the_input(mode, padding_mode, align_corners):
+    """Every neighbour a gather reads lies in the input (equal bits cannot show a stray
+    read, as the masked-off lanes' values are dropped): the input between guard pages, in
+    both layouts, against grids that reach and cross every edge."""
+    unmaps = []
+    try:
+        for c, h, w in [(1, 1, 1), (3, 5, 7), (16, 9, 4)]:
+            for at_end in (False, True):
+                flat, unmap = _between_guard_pages(torch.randn(c * h * w), at_end)
+                unmaps.append(unmap)
+                for input in (flat.view(1, c, h, w), flat.view(1, h, w, c).permute(0, 3, 1, 2)):
+                    grid = _awkward_grid(1, 9, 23, 1.6)
+                    with stn_cuda.use_tuning(cpu_gathers=True):
+                        out = stn_cuda.grid_sample(input, grid, mode, padding_mode, align_corners)
+                    with stn_cuda.use_tuning(cpu_gathers=False):
+                        expected = stn_cuda.grid_sample(input, grid, mode, padding_mode, align_corners)
+                    assert torch.equal(bits(out), bits(expected))
+    finally:
+        for unmap in unmaps:
+            unmap()

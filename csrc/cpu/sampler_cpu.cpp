@@ -293,11 +293,6 @@ __attribute__((target("avx512f"))) void interpolate_run_gathers(
     }
   }
 }
-
-bool cpu_has_gathers() {
-  static const bool has = __builtin_cpu_supports("avx512f");
-  return has;
-}
 #endif
 
 // Phase 2 of the forward pass: the run's points, channel by channel (measured
@@ -375,11 +370,7 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
   const auto out = image_of<scalar_t>(output);
   const Runs runs(out.H, out.W);
   const int64_t grain = std::max<int64_t>(1, kGrainSize / (kRun * std::max<int64_t>(1, in.C)));
-#ifdef STN_CPU_GATHERS
   const bool gathers = tuning().cpu_gathers && cpu_has_gathers();
-#else
-  const bool gathers = false;
-#endif
   with_modes(sampling, [&](auto I, auto P, auto kAlignCorners) {
     with_index_type(in, [&](auto index) {
       using index_t = decltype(index);
@@ -604,6 +595,15 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
 }
 
 }  // namespace
+
+bool cpu_has_gathers() {
+#ifdef STN_CPU_GATHERS
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+#else
+  return false;
+#endif
+}
 
 const Kernels& cpu_kernels() {
   static const Kernels k{grid_sample_forward, grid_sample_backward, affine_sample_forward,
