@@ -96,17 +96,19 @@ for _name, (_setup, _backward, _jvp) in _FUNCTIONS.items():
 
 # -- vmap rules: the vmapped dimension folded into the batch (dimension 0) -------------------
 
-def _fold(info, tensor, dim):
-    """tensor's vmapped dimension (None: not vmapped, so broadcast) and batch dimension
-    merged into one batch of info.batch_size * N."""
+def _fold(info, tensor, dim, at=0):
+    """tensor's vmapped dimension (None: not vmapped, so broadcast) merged into its
+    dimension `at`, ahead of it: at 0, one batch of info.batch_size * N."""
     if tensor is None:
         return None
-    tensor = tensor.expand(info.batch_size, *tensor.shape) if dim is None else tensor.movedim(dim, 0)
-    return tensor.flatten(0, 1)
+    if dim is None:
+        tensor, dim = tensor.expand(info.batch_size, *tensor.shape), 0
+    return tensor.movedim(dim, at).flatten(at, at + 1)
 
 
-def _unfold(info, tensor):
-    return None if tensor is None else tensor.unflatten(0, (info.batch_size, -1))
+def _unfold(info, tensor, at=0):
+    """_fold undone: the vmapped dimension out of tensor's dimension `at`, first."""
+    return None if tensor is None else tensor.unflatten(at, (info.batch_size, -1)).movedim(at, 0)
 
 
 def _vmap_rule(op, tensors, size_arg=None):
@@ -124,17 +126,8 @@ def _vmap_rule(op, tensors, size_arg=None):
 
 
 # One input, many grids: the grids side by side along their first spatial dimension (a grid's
-# dimension 1, an output's 2) sample the input once, where a fold would copy it per grid.
-
-def _fold_spatially(info, tensor, dim, spatial):
-    if dim is None:
-        tensor, dim = tensor.expand(info.batch_size, *tensor.shape), 0
-    return tensor.movedim(dim, spatial).flatten(spatial, spatial + 1)
-
-
-def _unfold_spatially(info, tensor, spatial):
-    return None if tensor is None else tensor.unflatten(spatial, (info.batch_size, -1)).movedim(spatial, 0)
-
+# dimension 1, an output's 2) sample the input once, where a fold into the batch would copy it
+# per grid.
 
 _fold_rule = _vmap_rule(ops.grid_sample.default, 2)
 _fold_backward_rule = _vmap_rule(ops.grid_sample_backward.default, 3)
@@ -143,18 +136,18 @@ _fold_backward_rule = _vmap_rule(ops.grid_sample_backward.default, 3)
 def _grid_sample_rule(info, in_dims, input, grid, *options):
     if in_dims[0] is not None:
         return _fold_rule(info, in_dims, input, grid, *options)
-    output = ops.grid_sample(input, _fold_spatially(info, grid, in_dims[1], 1), *options)
-    return _unfold_spatially(info, output, 2), 0
+    output = ops.grid_sample(input, _fold(info, grid, in_dims[1], 1), *options)
+    return _unfold(info, output, 2), 0
 
 
 def _grid_sample_backward_rule(info, in_dims, grad_output, input, grid, *options):
-    output_mask = options[3]
+    output_mask = options[3]  # after interpolation, padding and align_corners
     if in_dims[1] is not None or output_mask[0]:  # a grad_input per grid: the input folded
         return _fold_backward_rule(info, in_dims, grad_output, input, grid, *options)
     _, grad_grid = ops.grid_sample_backward(
-        _fold_spatially(info, grad_output, in_dims[0], 2), input,
-        _fold_spatially(info, grid, in_dims[2], 1), *options)
-    return (None, _unfold_spatially(info, grad_grid, 1)), (None, 0)
+        _fold(info, grad_output, in_dims[0], 2), input,
+        _fold(info, grid, in_dims[2], 1), *options)
+    return (None, _unfold(info, grad_grid, 1)), (None, 0)
 
 
 torch.library.register_vmap("stn_cuda::grid_sample", _grid_sample_rule)

@@ -24,6 +24,7 @@
 #include <vector>
 
 #if defined(__GNUC__) && defined(__x86_64__)
+#define STN_CPU_GATHERS 1  // Tuning::cpu_gathers' AVX-512 phase 2, below
 #include <immintrin.h>
 #endif
 
@@ -256,8 +257,7 @@ void scatter(const scalar_t* data, acc_t grad_out, const Corners<acc_t, index_t>
 // is x, so where all four are inside this is term 0 + term 1 + term 2 +
 // term 3), and +0.0 where none is inside; a multiply and an add, not fused.
 // The same bits as the scalar loop (tests/test_tuning.py).
-#if defined(__GNUC__) && defined(__x86_64__)
-#define STN_CPU_GATHERS 1
+#ifdef STN_CPU_GATHERS
 template <Interpolation I>
 __attribute__((target("avx512f"))) void interpolate_run_gathers(
     const Run<float, int>& run, const Plane<int> plane, const float* in, int64_t in_sC,
