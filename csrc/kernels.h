@@ -38,9 +38,9 @@ struct Tuning {
   // pixel's channels per load and add into grad_input by vector atomics
   // (cuda/vectors.cuh), where the input's layout allows.
   bool channel_vectors;
-  // The CPU's bilinear and nearest forward reads 16 points' neighbours per
-  // AVX-512 gather (float32, 32-bit offsets, a CPU with AVX-512): the same
-  // bits as its scalar loop.
+  // The CPU's bilinear and nearest forward and bilinear backward read 16
+  // points' neighbours per AVX-512 gather (float32, 32-bit offsets, a CPU with
+  // AVX-512): the same bits as its scalar loops.
   bool cpu_gathers;
 };
 Tuning tuning();

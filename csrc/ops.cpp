@@ -205,6 +205,13 @@ const Kernels& kernels_for(const Tensor& t, int64_t dims) {
 void run_backward(decltype(Kernels::grid_sample_backward) backward, const Tensor& grad_output,
                   const Tensor& input, const Tensor& source, const Tensor& grad_input,
                   const Tensor& grad_source, Sampling sampling, bool deterministic) {
+  if (sampling.interpolation == Interpolation::Nearest && grad_source.defined()) {
+    // Piecewise constant: the source's gradient is 0 (+0, as torch's), with no kernel.
+    grad_source.zero_();
+    if (!grad_input.defined()) return;
+    return run_backward(backward, grad_output, input, source, grad_input, Tensor(), sampling,
+                        deterministic);
+  }
   if (!deterministic) {
     return backward(grad_output, input, source, grad_input, grad_source, sampling, false);
   }

@@ -21,11 +21,11 @@ default) reads one channel at a time. Inputs it does not fit, and those too larg
 32-bit offsets (about 2^31 elements a batch element, 2^30 output points), take the
 default kernels. Where it applies, it takes the place of scatter='warp'.
 
-cpu_gathers: on a CPU with AVX-512, the 'bilinear' and 'nearest' forward (grid_sample
-and affine_sample, float32, inputs that take 32-bit offsets) reads a neighbour of 16
-output points per gather instruction. True (the default) uses them where the CPU and
-build have them (stn_cuda._C.cpu_has_gathers()) and is ignored elsewhere; False reads one
-at a time. The same bits either way.
+cpu_gathers: on a CPU with AVX-512, the 'bilinear' and 'nearest' forward and the
+'bilinear' backward (grid_sample and affine_sample, float32, inputs that take 32-bit
+offsets) read a neighbour of 16 output points per gather instruction. True (the default)
+uses them where the CPU and build have them (stn_cuda._C.cpu_has_gathers()) and is
+ignored elsewhere; False reads one at a time. The same bits either way.
 
 With atomics the order of the sums varies from run to run in every setting. The
 deterministic backward has no atomics and ignores scatter; its bits are the same run

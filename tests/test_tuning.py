@@ -123,28 +123,57 @@ needs_gathers = pytest.mark.skipif(not stn_cuda._C.cpu_has_gathers(),
                                    reason="no AVX-512 here, so cpu_gathers=True reads one neighbour at a time too")
 
 
+def _awkward_grad_outputs(shape):
+    """grad_output (float32) in three layouts: dense, with infinities and NaN among the
+    values (an outside neighbour's 0 times one is NaN, so a term let through a mask shows);
+    expanded from one value (as .sum()'s backward makes it); strided (every other column)."""
+    n, c, h, w = shape
+    dense = torch.randn(shape)
+    pick = torch.rand(shape) < 0.03
+    dense[pick] = torch.tensor([float("inf"), -float("inf"), float("nan")])[torch.randint(3, (int(pick.sum()),))]
+    return {"dense": dense, "expanded": torch.randn(()).expand(shape),
+            "strided": torch.randn(n, c, h, 2 * w)[..., ::2]}
+
+
+def _forward_and_backward(input, grid, theta, out_size, options, grad_output):
+    """grid_sample and affine_sample's outputs and their gradients to input, grid and theta."""
+    input, grid, theta = (t.detach().requires_grad_() for t in (input, grid, theta))
+    sampled = stn_cuda.grid_sample(input, grid, **options)
+    fused = stn_cuda.affine_sample(input, theta, out_size, **options)
+    return {"grid_sample": sampled, "affine_sample": fused,
+            "grid_sample grad_input, grad_grid": grads(sampled, (input, grid), grad_output),
+            "affine_sample grad_input, grad_theta": grads(fused, (input, theta), grad_output)}
+
+
+def _assert_same_bits(gathered, scalar, *context):
+    for name in gathered:
+        ours, theirs = gathered[name], scalar[name]
+        for a, b in zip(*((t,) if torch.is_tensor(t) else t for t in (ours, theirs)), strict=True):
+            assert torch.equal(bits(a), bits(b)), (name, *context)
+
+
 @needs_gathers
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 def test_cpu_gathers_give_the_bits_of_the_scalar_loop(mode, padding_mode, align_corners):
-    """grid_sample and affine_sample's forward with and without gathers, bit for bit, over
-    1, 3 and 5 channels, 1x1 to 13x11 inputs in four layouts, outputs whose runs end in
-    part of a vector (1, 35 and 117 points), and grids with every awkward coordinate."""
+    """grid_sample and affine_sample with and without gathers, forward and backward, bit for
+    bit, over 1, 3, 5 and 32 channels, 1x1 to 13x11 inputs in four layouts, grad_outputs in
+    three, outputs whose runs end in part of a vector (1, 35, 117 and 323 points), and grids
+    with every awkward coordinate."""
     options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
     for (c, h, w), (h_out, w_out), spread in [((1, 1, 1), (1, 1), 2.0), ((3, 5, 7), (7, 5), 1.2),
-                                               ((5, 13, 11), (9, 13), 3.0)]:
+                                               ((5, 13, 11), (9, 13), 3.0), ((32, 8, 9), (17, 19), 1.1)]:
         grid = _awkward_grid(2, h_out, w_out, spread)
         theta = random_theta(2, dtype=torch.float32, spread=1.0)
         for layout, input in _awkward_inputs(2, c, h, w).items():
-            def run():
-                return (stn_cuda.grid_sample(input, grid, **options),
-                        stn_cuda.affine_sample(input, theta, (h_out, w_out), **options))
+            for go_layout, go in _awkward_grad_outputs((2, c, h_out, w_out)).items():
+                def run():
+                    return _forward_and_backward(input, grid, theta, (h_out, w_out), options, go)
 
-            with stn_cuda.use_tuning(cpu_gathers=True):
-                gathered = run()
-            with stn_cuda.use_tuning(cpu_gathers=False):
-                scalar = run()
-            for name, g, s in zip(("grid_sample", "affine_sample"), gathered, scalar, strict=True):
-                assert torch.equal(bits(g), bits(s)), (name, layout, (c, h, w), (h_out, w_out))
+                with stn_cuda.use_tuning(cpu_gathers=True):
+                    gathered = run()
+                with stn_cuda.use_tuning(cpu_gathers=False):
+                    scalar = run()
+                _assert_same_bits(gathered, scalar, layout, go_layout, (c, h, w), (h_out, w_out))
 
 
 def _between_guard_pages(values, at_end):
@@ -175,8 +204,9 @@ def _between_guard_pages(values, at_end):
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 def test_cpu_gathers_read_nothing_outside_the_input(mode, padding_mode, align_corners):
     """Every neighbour a gather reads lies in the input (equal bits cannot show a stray
-    read, as the masked-off lanes' values are dropped): the input between guard pages, in
-    both layouts, against grids that reach and cross every edge."""
+    read, as the masked-off lanes' values are dropped), forward and backward: the input
+    between guard pages, in both layouts, against grids that reach and cross every edge."""
+    options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
     unmaps = []
     try:
         for c, h, w in [(1, 1, 1), (3, 5, 7), (16, 9, 4)]:
@@ -185,11 +215,13 @@ def test_cpu_gathers_read_nothing_outside_the_input(mode, padding_mode, align_co
                 unmaps.append(unmap)
                 for input in (flat.view(1, c, h, w), flat.view(1, h, w, c).permute(0, 3, 1, 2)):
                     grid = _awkward_grid(1, 9, 23, 1.6)
+                    theta = random_theta(1, dtype=torch.float32, spread=1.5)
+                    go = torch.randn(1, c, 9, 23)
                     with stn_cuda.use_tuning(cpu_gathers=True):
-                        out = stn_cuda.grid_sample(input, grid, mode, padding_mode, align_corners)
+                        gathered = _forward_and_backward(input, grid, theta, (9, 23), options, go)
                     with stn_cuda.use_tuning(cpu_gathers=False):
-                        expected = stn_cuda.grid_sample(input, grid, mode, padding_mode, align_corners)
-                    assert torch.equal(bits(out), bits(expected))
+                        scalar = _forward_and_backward(input, grid, theta, (9, 23), options, go)
+                    _assert_same_bits(gathered, scalar, (c, h, w), at_end)
     finally:
         for unmap in unmaps:
             unmap()

@@ -328,6 +328,13 @@ struct GridGradSink {  // grad_grid (N, H_out, W_out, 2), contiguous
     d[0] = g.x;
     d[1] = g.y;
   }
+  void add_run(const RunStart& at, int64_t, const Point2<acc_t>* g) {  // side by side
+    acc_t* d = data + ((at.n * H + at.h) * W + at.w) * 2;
+    for (int i = 0; i < at.size; ++i) {
+      d[2 * i] = g[i].x;
+      d[2 * i + 1] = g[i].y;
+    }
+  }
   void finish(int64_t) {}
 };
 
@@ -338,6 +345,9 @@ struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous
   ThetaGradSum<acc_t> sum;
   void add(int64_t, int64_t h, int64_t w, Point2<acc_t> g) {
     sum.add(grid->xt(w), grid->yt(h), g);
+  }
+  void add_run(const RunStart& at, int64_t W, const Point2<acc_t>* g) {
+    for_each_point(at, W, [&](int i, int64_t h, int64_t w) { add(at.n, h, w, g[i]); });
   }
   void finish(int64_t n) {
     for (int k = 0; k < 6; ++k) data[6 * n + k] = sum.v[k];
@@ -392,29 +402,139 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
   });
 }
 
+#ifdef STN_CPU_GATHERS
+// The values of an image plane at a run's points i0 .. i0 + lanes - 1 (lanes
+// <= 16): at offset[i], or, dense, at offset[0] + i (the points side by side).
+__attribute__((target("avx512f"))) inline __m512 load_points(const float* plane,
+                                                             const int64_t* offset, bool dense,
+                                                             int i0, int lanes) {
+  const __mmask16 live = lanes == 16 ? 0xffff : (1u << lanes) - 1;
+  if (dense) return _mm512_maskz_loadu_ps(live, plane + offset[0] + i0);
+  alignas(64) float v[16] = {};
+  for (int i = 0; i < lanes; ++i) v[i] = plane[offset[i0 + i]];
+  return _mm512_load_ps(v);
+}
+
+// Phase 2 of the bilinear backward with AVX-512 (Tuning::cpu_gathers), 16
+// points at a time. First, over the channels in order, d loss / d pixel: each
+// neighbour k of all 16 read by one gather masked by their inside bits k, and
+// lane by lane the terms of interpolate_backward in its order (+0.0 plus each
+// inside neighbour's share), so grad gets the scalar loop's sums. Then, channel
+// by channel, the 16 points' adds into grad_input, one at a time in point
+// order, as ATen's backward makes them (two points' neighbours may be the same
+// pixel): each channel plane gets its adds in the scalar loops' order. The same
+// bits as those loops (tests/test_tuning.py). Reads and adds go in two passes
+// because the input and grad_input are page-aligned, so a gather from the input
+// just after adds into grad_input at the same offsets waits on the stores (4 KiB
+// aliasing): interleaved, 2.5x slower with 32 channels.
+__attribute__((target("avx512f"))) void backward_run_gathers(
+    const Run<float, int>& run, const Plane<int> plane, const float* in, int64_t in_sC,
+    const float* go, const int64_t* go_offset, bool go_dense, int64_t go_sC, float* gi,
+    int64_t gi_sC, int64_t C, bool grid_grad_nonzero, Point2<float>* grad) {
+  for (int i0 = 0; i0 < run.size; i0 += 16) {
+    const int lanes = std::min(16, run.size - i0);
+    const __mmask16 live = lanes == 16 ? 0xffff : (1u << lanes) - 1;
+    const __m512i base = _mm512_maskz_loadu_epi32(live, run.base + i0);
+    const __m512i inside = _mm512_maskz_loadu_epi32(live, run.inside + i0);
+    __mmask16 mask[4];
+    alignas(64) int offset[4][16];
+    __m512 weight[4], wx[2], wy[2];
+    for (int k = 0; k < 4; ++k) {
+      mask[k] = _mm512_test_epi32_mask(inside, _mm512_set1_epi32(1 << k));
+      _mm512_store_epi32(offset[k], _mm512_add_epi32(base, _mm512_set1_epi32(plane.neighbour_offset(k))));
+      weight[k] = _mm512_maskz_loadu_ps(live, run.weight[k] + i0);
+    }
+    for (int j = 0; j < 2; ++j) {
+      wx[j] = _mm512_maskz_loadu_ps(live, run.wx[j] + i0);
+      wy[j] = _mm512_maskz_loadu_ps(live, run.wy[j] + i0);
+    }
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 grad_x = zero, grad_y = zero;
+    for (int64_t c = 0; grid_grad_nonzero && c < C; ++c) {  // add_neighbour_grad's terms
+      const float* in_c = in + c * in_sC;
+      const __m512 g = load_points(go + c * go_sC, go_offset, go_dense, i0, lanes);
+      for (int k = 0; k < 4; ++k) {
+        const __m512i at = _mm512_load_epi32(offset[k]);
+        const __m512 v = _mm512_mul_ps(_mm512_mask_i32gather_ps(zero, mask[k], at, in_c, 4), g);
+        const __m512 tx = _mm512_mul_ps(v, wy[k >> 1]), ty = _mm512_mul_ps(v, wx[k & 1]);
+        grad_x = k & 1 ? _mm512_mask_add_ps(grad_x, mask[k], grad_x, tx)
+                       : _mm512_mask_sub_ps(grad_x, mask[k], grad_x, tx);
+        grad_y = k >> 1 ? _mm512_mask_add_ps(grad_y, mask[k], grad_y, ty)
+                        : _mm512_mask_sub_ps(grad_y, mask[k], grad_y, ty);
+      }
+    }
+    for (int64_t c = 0; gi != nullptr && c < C; ++c) {
+      float* gi_c = gi + c * gi_sC;
+      const __m512 g = load_points(go + c * go_sC, go_offset, go_dense, i0, lanes);
+      alignas(64) float share[4][16];
+      for (int k = 0; k < 4; ++k) _mm512_store_ps(share[k], _mm512_mul_ps(g, weight[k]));
+      for (int i = 0; i < lanes; ++i) {
+        const int in_i = run.inside[i0 + i];
+        for (int k = 0; k < 4; ++k) {
+          if (in_i >> k & 1) gi_c[offset[k][i]] += share[k][i];
+        }
+      }
+    }
+    alignas(64) float x[16], y[16];
+    _mm512_store_ps(x, grad_x);
+    _mm512_store_ps(y, grad_y);
+    for (int i = 0; i < lanes; ++i) grad[i0 + i] = {x[i], y[i]};
+  }
+}
+#endif
+
 // Phase 2 of the backward pass, channel by channel, each channel's points in a
-// tight loop: they scatter into grad_input and add d loss / d pixel into
-// grad[i] (over the channels in order), which the sink then gets scaled by
-// d pixel / d coordinate. Used where a point's work per channel is small: one
-// channel (the general loop below costs a fifth more there), or nearest
-// sampling, whose lone adds into planes 16 KiB apart thrash the cache when
-// each point visits all its channels (5x slower at 32 channels). Bilinear with
-// more channels takes the general loop, whose order keeps each point's
-// neighbourhood in registers and the same-address adds apart.
+// tight loop (or with gathers, above): they scatter into grad_input and add
+// d loss / d pixel into grad[i] (over the channels in order), which the sink
+// then gets scaled by d pixel / d coordinate. Without gathers, used where a
+// point's work per channel is small: one channel (the general loop below costs
+// a fifth more there), or nearest sampling, whose lone adds into planes 16 KiB
+// apart thrash the cache when each point visits all its channels (5x slower at
+// 32 channels). Bilinear with more channels takes the general loop, whose order
+// keeps each point's neighbourhood in registers and the same-address adds apart.
 template <Interpolation I, typename acc_t, typename index_t, typename scalar_t, typename Sink>
-void backward_run_by_channel(const Run<acc_t, index_t>& run, const RunStart& at,
-                             const Plane<index_t> plane, const Image<const scalar_t>& in,
-                             const Image<const scalar_t>& go, const Image<acc_t>& gi,
-                             bool need_input_grad, bool grid_grad_nonzero, bool need_grid_grad,
-                             Sink& sink) {
+void backward_run(const Run<acc_t, index_t>& run, const RunStart& at, const Plane<index_t> plane,
+                  const Image<const scalar_t>& in, const Image<const scalar_t>& go,
+                  const Image<acc_t>& gi, bool need_input_grad, bool grid_grad_nonzero,
+                  bool need_grid_grad, bool gathers, Sink& sink) {
   Point2<acc_t> grad[kRun];
+  // grad_output's offsets at the run's points, the first alone where they lie side by side.
+  const bool go_dense = go.sW == 1 && go.sH == go.W;
+  int64_t go_offset[kRun];
+  go_offset[0] = go.offset(at.h, at.w);
+  if (!go_dense) {
+    for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) { go_offset[i] = go.offset(h, w); });
+  }
+  const scalar_t* go_n = go.plane(at.n, 0);
+  auto to_sink = [&] {
+    if (!need_grid_grad) return;
+    for (int i = 0; i < run.size; ++i) grad[i] = {grad[i].x * run.dx[i], grad[i].y * run.dy[i]};
+    sink.add_run(at, go.W, grad);
+  };
+#ifdef STN_CPU_GATHERS
+  if constexpr (I == Interpolation::Bilinear && std::is_same_v<scalar_t, float> &&
+                std::is_same_v<index_t, int>) {
+    if (gathers) {
+      backward_run_gathers(run, plane, in.plane(at.n, 0), in.sC, go_n, go_offset, go_dense,
+                              go.sC, need_input_grad ? gi.plane(at.n, 0) : nullptr, gi.sC, in.C,
+                              grid_grad_nonzero, grad);
+      return to_sink();
+    }
+  }
+#endif
   std::fill_n(grad, run.size, Point2<acc_t>{acc_t(0), acc_t(0)});
-  acc_t g[kRun];
   for (int64_t c = 0; c < in.C; ++c) {
-    const scalar_t* go_c = go.plane(at.n, c);
-    for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
-      g[i] = static_cast<acc_t>(go_c[go.offset(h, w)]);
-    });
+    const scalar_t* go_c = go_n + c * go.sC;
+    acc_t buffer[kRun];
+    const acc_t* g = buffer;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (go_dense) g = go_c + go_offset[0];
+    }
+    if (g == buffer) {
+      for (int i = 0; i < run.size; ++i) {
+        buffer[i] = static_cast<acc_t>(go_c[go_dense ? go_offset[0] + i : go_offset[i]]);
+      }
+    }
     acc_t* gi_c = need_input_grad ? gi.plane(at.n, c) : nullptr;
     auto add = [gi_c](index_t offset, acc_t v) { gi_c[offset] += v; };
     const scalar_t* in_c = in.plane(at.n, c);
@@ -423,10 +543,7 @@ void backward_run_by_channel(const Run<acc_t, index_t>& run, const RunStart& at,
                  grid_grad_nonzero, add, grad[i]);
     }
   }
-  if (!need_grid_grad) return;
-  for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
-    sink.add(at.n, h, w, {grad[i].x * run.dx[i], grad[i].y * run.dy[i]});
-  });
+  to_sink();
 }
 
 template <typename scalar_t, typename Source, typename Sink>
@@ -448,6 +565,12 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
       const Runs runs(go.H, go.W);
+      // Where backward_run_gathers applies and pays: with one channel and no
+      // gradient to the grid it gathers nothing, and the scalar loop is faster
+      // (0.52 against 0.70 ms on 256x1x28x28).
+      const bool gathers = I == Interpolation::Bilinear && std::is_same_v<scalar_t, float> &&
+                           std::is_same_v<index_t, int> && tuning().cpu_gathers &&
+                           cpu_has_gathers() && (grid_grad_nonzero || in.C > 1);
       at::parallel_for(0, go.N, 1, [&, plane](int64_t n0, int64_t n1) {
         Sink s = sink;
         Run<acc_t, index_t> run;
@@ -482,9 +605,9 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
               continue;
             }
             locate<true, I, P, kAlignCorners>(run, src, at, go.W, plane);
-            if (in.C == 1 || I == Interpolation::Nearest) {
-              backward_run_by_channel<I>(run, at, plane, in, go, gi, need_input_grad,
-                                         grid_grad_nonzero, need_grid_grad, s);
+            if (gathers || in.C == 1 || I == Interpolation::Nearest) {
+              backward_run<I>(run, at, plane, in, go, gi, need_input_grad, grid_grad_nonzero,
+                              need_grid_grad, gathers, s);
               continue;
             }
             for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
