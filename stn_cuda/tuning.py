@@ -25,7 +25,9 @@ cpu_gathers: on a CPU with AVX-512, the 'bilinear' and 'nearest' forward and the
 'bilinear' backward (grid_sample and affine_sample, float32, inputs that take 32-bit
 offsets) read a neighbour of 16 output points per gather instruction. True (the default)
 uses them where the CPU and build have them (stn_cuda._C.cpu_has_gathers()) and is
-ignored elsewhere; False reads one at a time. The same bits either way.
+ignored elsewhere; False reads one at a time. The same bits either way. (A backward
+asked for grad_input alone reads no neighbours, but with more than one channel it
+takes the same path, for its order: 16 points through every channel.)
 
 With atomics the order of the sums varies from run to run in every setting. The
 deterministic backward has no atomics and ignores scatter; its bits are the same run

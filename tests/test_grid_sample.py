@@ -46,21 +46,23 @@ def test_nearest_rounds_halves_to_even(device, align_corners):
 @pytest.mark.parametrize("dims", [2, 3], ids=["image", "volume"])
 def test_nearest_gives_the_grid_and_theta_a_zero_gradient(device, padding_mode, align_corners, dims):
     """+0 exactly, as torch's, non-finite points and every padding included (0 times the
-    unnormalisation's derivative would give -0 where reflection flips it), and whether
-    or not grad_input is wanted as well."""
+    unnormalisation's derivative would give -0 where reflection flips it), whether or
+    not grad_input is wanted as well, with and without the deterministic backward."""
     shape = (2, 3, 5, 6, 4, 7) if dims == 2 else (2, 3, 5, 6, 7, 4, 3, 5)
     input, grid = make(shape, device, spread=3.0)
     grid.detach()[0, 0, 0] = torch.tensor([float("nan"), float("inf"), -float("inf")][:dims])
     theta = random_theta(2, device=device, spread=2.0, dims=dims).requires_grad_()
     out_size = grid.shape[1:-1]
-    for wanted in ((input, grid), (grid,)):
-        out = stn_cuda.grid_sample(input, grid, "nearest", padding_mode, align_corners)
-        assert torch.equal(grads(out, wanted, torch.randn_like(out))[-1].cpu().view(torch.int64),
-                           torch.zeros(grid.shape, dtype=torch.int64))
-    for wanted in ((input, theta), (theta,)):
-        out = stn_cuda.affine_sample(input, theta, out_size, "nearest", padding_mode, align_corners)
-        assert torch.equal(grads(out, wanted, torch.randn_like(out))[-1].cpu().view(torch.int64),
-                           torch.zeros(theta.shape, dtype=torch.int64))
+    for deterministic in (False, True):
+        with stn_cuda.deterministic(deterministic):
+            for wanted in ((input, grid), (grid,)):
+                out = stn_cuda.grid_sample(input, grid, "nearest", padding_mode, align_corners)
+                assert torch.equal(grads(out, wanted, torch.randn_like(out))[-1].cpu().view(torch.int64),
+                                   torch.zeros(grid.shape, dtype=torch.int64)), deterministic
+            for wanted in ((input, theta), (theta,)):
+                out = stn_cuda.affine_sample(input, theta, out_size, "nearest", padding_mode, align_corners)
+                assert torch.equal(grads(out, wanted, torch.randn_like(out))[-1].cpu().view(torch.int64),
+                                   torch.zeros(theta.shape, dtype=torch.int64)), deterministic
 
 
 @pytest.mark.parametrize("mode", SMOOTH_MODES)

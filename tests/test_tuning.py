@@ -2,6 +2,7 @@
 errors, that the CPU ignores CUDA's, and that its gathers (cpu_gathers) give the bits of
 its scalar loop. What CUDA's do: test_scatter.py, test_channel_vectors.py."""
 import ctypes
+import itertools
 import mmap
 import sys
 
@@ -135,14 +136,24 @@ def _awkward_grad_outputs(shape):
             "strided": torch.randn(n, c, h, 2 * w)[..., ::2]}
 
 
-def _forward_and_backward(input, grid, theta, out_size, options, grad_output):
-    """grid_sample and affine_sample's outputs and their gradients to input, grid and theta."""
-    input, grid, theta = (t.detach().requires_grad_() for t in (input, grid, theta))
-    sampled = stn_cuda.grid_sample(input, grid, **options)
-    fused = stn_cuda.affine_sample(input, theta, out_size, **options)
+# The gradients a backward can be asked for, each a branch of the kernels: indices into
+# (input, source), the source being grid_sample's grid or affine_sample's theta.
+_WANTED = [(0, 1), (0,), (1,)]
+
+
+def _forward_and_backward(input, grid, theta, out_size, options, grad_output, wanted=(0, 1)):
+    """grid_sample and affine_sample's outputs and their gradients to those of (input,
+    source) that wanted picks; the others do not require one."""
+    input, grid, theta = (t.detach() for t in (input, grid, theta))
+    sampled_from, fused_from = [input, grid], [input, theta]
+    for i in wanted:
+        for leaves in (sampled_from, fused_from):
+            leaves[i] = leaves[i].requires_grad_()
+    sampled = stn_cuda.grid_sample(*sampled_from, **options)
+    fused = stn_cuda.affine_sample(*fused_from, out_size, **options)
     return {"grid_sample": sampled, "affine_sample": fused,
-            "grid_sample grad_input, grad_grid": grads(sampled, (input, grid), grad_output),
-            "affine_sample grad_input, grad_theta": grads(fused, (input, theta), grad_output)}
+            "grid_sample gradients": grads(sampled, [sampled_from[i] for i in wanted], grad_output),
+            "affine_sample gradients": grads(fused, [fused_from[i] for i in wanted], grad_output)}
 
 
 def _assert_same_bits(gathered, scalar, *context):
@@ -155,7 +166,8 @@ def _assert_same_bits(gathered, scalar, *context):
 @needs_gathers
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 def test_cpu_gathers_give_the_bits_of_the_scalar_loop(mode, padding_mode, align_corners):
-    """grid_sample and affine_sample with and without gathers, forward and backward, bit for
+    """grid_sample and affine_sample with and without gathers, forward and backward (each
+    choice of wanted gradients, with and without the deterministic backward), bit for
     bit, over 1, 3, 5 and 32 channels, 1x1 to 13x11 inputs in four layouts, grad_outputs in
     three, outputs whose runs end in part of a vector (1, 35, 117 and 323 points), and grids
     with every awkward coordinate."""
@@ -166,14 +178,17 @@ def test_cpu_gathers_give_the_bits_of_the_scalar_loop(mode, padding_mode, align_
         theta = random_theta(2, dtype=torch.float32, spread=1.0)
         for layout, input in _awkward_inputs(2, c, h, w).items():
             for go_layout, go in _awkward_grad_outputs((2, c, h_out, w_out)).items():
-                def run():
-                    return _forward_and_backward(input, grid, theta, (h_out, w_out), options, go)
+                for wanted, deterministic in itertools.product(_WANTED, (False, True)):
+                    def run():
+                        with stn_cuda.deterministic(deterministic):
+                            return _forward_and_backward(input, grid, theta, (h_out, w_out), options, go, wanted)
 
-                with stn_cuda.use_tuning(cpu_gathers=True):
-                    gathered = run()
-                with stn_cuda.use_tuning(cpu_gathers=False):
-                    scalar = run()
-                _assert_same_bits(gathered, scalar, layout, go_layout, (c, h, w), (h_out, w_out))
+                    with stn_cuda.use_tuning(cpu_gathers=True):
+                        gathered = run()
+                    with stn_cuda.use_tuning(cpu_gathers=False):
+                        scalar = run()
+                    _assert_same_bits(gathered, scalar, layout, go_layout, wanted, deterministic,
+                                      (c, h, w), (h_out, w_out))
 
 
 def _between_guard_pages(values, at_end):
@@ -202,10 +217,11 @@ def _between_guard_pages(values, at_end):
 @needs_gathers
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="guard pages by Linux's mmap and mprotect")
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
-def test_cpu_gathers_read_nothing_outside_the_input(mode, padding_mode, align_corners):
-    """Every neighbour a gather reads lies in the input (equal bits cannot show a stray
-    read, as the masked-off lanes' values are dropped), forward and backward: the input
-    between guard pages, in both layouts, against grids that reach and cross every edge."""
+def test_cpu_gathers_read_nothing_outside_input_and_grad_output(mode, padding_mode, align_corners):
+    """Every neighbour a gather reads lies in the input and every grad_output value it
+    loads in grad_output (equal bits cannot show a stray read, as the masked-off lanes'
+    values are dropped), forward and backward: both between guard pages, the input in
+    two layouts, against grids that reach and cross every edge."""
     options = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
     unmaps = []
     try:
@@ -213,10 +229,12 @@ def test_cpu_gathers_read_nothing_outside_the_input(mode, padding_mode, align_co
             for at_end in (False, True):
                 flat, unmap = _between_guard_pages(torch.randn(c * h * w), at_end)
                 unmaps.append(unmap)
+                go_flat, unmap = _between_guard_pages(torch.randn(c * 9 * 23), at_end)
+                unmaps.append(unmap)
+                go = go_flat.view(1, c, 9, 23)
                 for input in (flat.view(1, c, h, w), flat.view(1, h, w, c).permute(0, 3, 1, 2)):
                     grid = _awkward_grid(1, 9, 23, 1.6)
                     theta = random_theta(1, dtype=torch.float32, spread=1.5)
-                    go = torch.randn(1, c, 9, 23)
                     with stn_cuda.use_tuning(cpu_gathers=True):
                         gathered = _forward_and_backward(input, grid, theta, (9, 23), options, go)
                     with stn_cuda.use_tuning(cpu_gathers=False):

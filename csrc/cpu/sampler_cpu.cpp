@@ -96,9 +96,13 @@ void for_each_point(const RunStart& run, int64_t W, F&& f) {
   }
 }
 
-// A run's points after phase 1, structure-of-arrays.
-template <typename acc_t, typename index_t>
+// A run's points after phase 1 for sampling mode I, structure-of-arrays.
+// Nearest needs only each point's one neighbour: phase 1 leaves its weights
+// (always 1) and the backward's rest of Bilinear (its grid gets no gradient)
+// unwritten, and corners and bilinear stand in constants.
+template <Interpolation I, typename acc_t, typename index_t>
 struct Run {
+  static constexpr bool kNearest = I == Interpolation::Nearest;
   int size;
   acc_t gx[kRun], gy[kRun];  // normalised source coordinates
   // Corners of each point.
@@ -109,9 +113,11 @@ struct Run {
   acc_t wx[2][kRun], wy[2][kRun], dx[kRun], dy[kRun];
 
   Corners<acc_t, index_t> corners(int i) const {
+    if constexpr (kNearest) return {base[i], inside[i], {acc_t(1), acc_t(0), acc_t(0), acc_t(0)}};
     return {base[i], inside[i], {weight[0][i], weight[1][i], weight[2][i], weight[3][i]}};
   }
   Bilinear<acc_t, index_t> bilinear(int i) const {
+    if constexpr (kNearest) return {};
     return {0, 0, {wx[0][i], wx[1][i]}, {wy[0][i], wy[1][i]}, dx[i], dy[i]};
   }
 };
@@ -119,8 +125,8 @@ struct Run {
 // The source coordinates of a run's points: from the grid tensor (where the
 // run's points are contiguous, a plain, vectorised deinterleave) or generated
 // from theta.
-template <typename acc_t, typename index_t, typename scalar_t>
-void load_points(Run<acc_t, index_t>& run, const TensorGrid<scalar_t>& grid, const RunStart& at,
+template <Interpolation I, typename acc_t, typename index_t, typename scalar_t>
+void load_points(Run<I, acc_t, index_t>& run, const TensorGrid<scalar_t>& grid, const RunStart& at,
                  int64_t W) {
   if (grid.sW == 2 && grid.sXY == 1 && (grid.sH == 2 * W || at.w + run.size <= W)) {
     const scalar_t* p = grid.data + at.n * grid.sN + at.h * grid.sH + at.w * grid.sW;
@@ -157,8 +163,8 @@ struct TabulatedThetaGrid {
   }
 };
 
-template <typename acc_t, typename index_t>
-void load_points(Run<acc_t, index_t>& run, const TabulatedThetaGrid<acc_t>& theta,
+template <Interpolation I, typename acc_t, typename index_t>
+void load_points(Run<I, acc_t, index_t>& run, const TabulatedThetaGrid<acc_t>& theta,
                  const RunStart& at, int64_t W) {
   for_each_point(at, W, [&](int i, int64_t h, int64_t w) {
     const auto pt = theta.template point<acc_t>(at.n, h, w);
@@ -188,7 +194,7 @@ void load_points(Run<acc_t, index_t>& run, const TabulatedThetaGrid<acc_t>& thet
 // for the others, which the scalar loop after it then locates.
 template <bool kBackward, Interpolation I, Padding P, bool kAlignCorners, typename acc_t,
           typename index_t, typename Source>
-STN_VECTOR_CLONES void locate(Run<acc_t, index_t>& run, const Source& src, const RunStart& at,
+STN_VECTOR_CLONES void locate(Run<I, acc_t, index_t>& run, const Source& src, const RunStart& at,
                               int64_t W, const Plane<index_t> plane) {  // by value: in registers
   run.size = at.size;
   load_points(run, src, at, W);
@@ -201,6 +207,7 @@ STN_VECTOR_CLONES void locate(Run<acc_t, index_t>& run, const Source& src, const
     const auto c = corners(b, plane, I);
     run.base[i] = c.base;
     run.inside[i] = c.inside;
+    if constexpr (I == Interpolation::Nearest) return;
     for (int k = 0; k < 4; ++k) run.weight[k][i] = c.weight[k];
     if (kBackward) {
       for (int j = 0; j < 2; ++j) {
@@ -250,6 +257,11 @@ void scatter(const scalar_t* data, acc_t grad_out, const Corners<acc_t, index_t>
   }
 }
 
+#ifdef STN_CPU_GATHERS
+// The lanes of a group of 16 points that hold one of its first `lanes`.
+inline __mmask16 lanes_mask(int lanes) { return lanes >= 16 ? 0xffff : (1u << lanes) - 1; }
+#endif
+
 // Phase 2 of the forward pass with AVX-512 (Tuning::cpu_gathers): 16 points
 // at a time, each neighbour k of all 16 read by one gather masked by their
 // inside bits k, so outside neighbours are never read. The sums are
@@ -260,10 +272,10 @@ void scatter(const scalar_t* data, acc_t grad_out, const Corners<acc_t, index_t>
 #ifdef STN_CPU_GATHERS
 template <Interpolation I>
 __attribute__((target("avx512f"))) void interpolate_run_gathers(
-    const Run<float, int>& run, const Plane<int> plane, const float* in, int64_t in_sC,
+    const Run<I, float, int>& run, const Plane<int> plane, const float* in, int64_t in_sC,
     float* out, int64_t out_sC, int64_t C) {
   for (int i0 = 0; i0 < run.size; i0 += 16) {
-    const __mmask16 live = run.size - i0 >= 16 ? 0xffff : (1u << (run.size - i0)) - 1;
+    const __mmask16 live = lanes_mask(run.size - i0);
     const __m512i base = _mm512_maskz_loadu_epi32(live, run.base + i0);
     const __m512i inside = _mm512_maskz_loadu_epi32(live, run.inside + i0);
     const __mmask16 none_inside = _mm512_testn_epi32_mask(inside, inside);
@@ -273,7 +285,9 @@ __attribute__((target("avx512f"))) void interpolate_run_gathers(
     for (int k = 0; k < 4; ++k) {
       mask[k] = _mm512_test_epi32_mask(inside, _mm512_set1_epi32(1 << k));
       offset[k] = _mm512_add_epi32(base, _mm512_set1_epi32(plane.neighbour_offset(k)));
-      weight[k] = _mm512_maskz_loadu_ps(live, run.weight[k] + i0);
+      if constexpr (I != Interpolation::Nearest) {
+        weight[k] = _mm512_maskz_loadu_ps(live, run.weight[k] + i0);
+      }
     }
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t c = 0; c < C; ++c) {
@@ -300,7 +314,7 @@ __attribute__((target("avx512f"))) void interpolate_run_gathers(
 // contiguous output, where the run's points are consecutive; with gathers
 // where they apply. Everything by value, so that it stays in registers.
 template <Interpolation I, typename acc_t, typename index_t, typename scalar_t>
-void interpolate_run(const Run<acc_t, index_t>& run, const Plane<index_t> plane,
+void interpolate_run(const Run<I, acc_t, index_t>& run, const Plane<index_t> plane,
                      const scalar_t* in, int64_t in_sC, scalar_t* out, int64_t out_sC, int64_t C,
                      bool gathers) {
 #ifdef STN_CPU_GATHERS
@@ -386,7 +400,7 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
       at::parallel_for(0, out.N * runs.per_plane, grain, [&, plane](int64_t begin, int64_t end) {
-        Run<acc_t, index_t> run;
+        Run<I, acc_t, index_t> run;
         for (int64_t r = begin; r < end; ++r) {
           const RunStart at = runs[r];
           if constexpr (I == Interpolation::Bicubic) {
@@ -403,12 +417,13 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
 }
 
 #ifdef STN_CPU_GATHERS
-// The values of an image plane at a run's points i0 .. i0 + lanes - 1 (lanes
-// <= 16): at offset[i], or, dense, at offset[0] + i (the points side by side).
-__attribute__((target("avx512f"))) inline __m512 load_points(const float* plane,
-                                                             const int64_t* offset, bool dense,
-                                                             int i0, int lanes) {
-  const __mmask16 live = lanes == 16 ? 0xffff : (1u << lanes) - 1;
+// One channel plane of grad_output at a run's points i0 .. i0 + lanes - 1
+// (lanes <= 16): at offset[i], or, dense, at offset[0] + i (the points side by
+// side).
+__attribute__((target("avx512f"))) inline __m512 load_grad_output(const float* plane,
+                                                                  const int64_t* offset,
+                                                                  bool dense, int i0, int lanes) {
+  const __mmask16 live = lanes_mask(lanes);
   if (dense) return _mm512_maskz_loadu_ps(live, plane + offset[0] + i0);
   alignas(64) float v[16] = {};
   for (int i = 0; i < lanes; ++i) v[i] = plane[offset[i0 + i]];
@@ -428,12 +443,12 @@ __attribute__((target("avx512f"))) inline __m512 load_points(const float* plane,
 // just after adds into grad_input at the same offsets waits on the stores (4 KiB
 // aliasing): interleaved, 2.5x slower with 32 channels.
 __attribute__((target("avx512f"))) void backward_run_gathers(
-    const Run<float, int>& run, const Plane<int> plane, const float* in, int64_t in_sC,
-    const float* go, const int64_t* go_offset, bool go_dense, int64_t go_sC, float* gi,
-    int64_t gi_sC, int64_t C, bool grid_grad_nonzero, Point2<float>* grad) {
+    const Run<Interpolation::Bilinear, float, int>& run, const Plane<int> plane, const float* in,
+    int64_t in_sC, const float* go, const int64_t* go_offset, bool go_dense, int64_t go_sC,
+    float* gi, int64_t gi_sC, int64_t C, bool grid_grad_nonzero, Point2<float>* grad) {
   for (int i0 = 0; i0 < run.size; i0 += 16) {
     const int lanes = std::min(16, run.size - i0);
-    const __mmask16 live = lanes == 16 ? 0xffff : (1u << lanes) - 1;
+    const __mmask16 live = lanes_mask(lanes);
     const __m512i base = _mm512_maskz_loadu_epi32(live, run.base + i0);
     const __m512i inside = _mm512_maskz_loadu_epi32(live, run.inside + i0);
     __mmask16 mask[4];
@@ -452,7 +467,7 @@ __attribute__((target("avx512f"))) void backward_run_gathers(
     __m512 grad_x = zero, grad_y = zero;
     for (int64_t c = 0; grid_grad_nonzero && c < C; ++c) {  // add_neighbour_grad's terms
       const float* in_c = in + c * in_sC;
-      const __m512 g = load_points(go + c * go_sC, go_offset, go_dense, i0, lanes);
+      const __m512 g = load_grad_output(go + c * go_sC, go_offset, go_dense, i0, lanes);
       for (int k = 0; k < 4; ++k) {
         const __m512i at = _mm512_load_epi32(offset[k]);
         const __m512 v = _mm512_mul_ps(_mm512_mask_i32gather_ps(zero, mask[k], at, in_c, 4), g);
@@ -465,7 +480,7 @@ __attribute__((target("avx512f"))) void backward_run_gathers(
     }
     for (int64_t c = 0; gi != nullptr && c < C; ++c) {
       float* gi_c = gi + c * gi_sC;
-      const __m512 g = load_points(go + c * go_sC, go_offset, go_dense, i0, lanes);
+      const __m512 g = load_grad_output(go + c * go_sC, go_offset, go_dense, i0, lanes);
       alignas(64) float share[4][16];
       for (int k = 0; k < 4; ++k) _mm512_store_ps(share[k], _mm512_mul_ps(g, weight[k]));
       for (int i = 0; i < lanes; ++i) {
@@ -484,16 +499,17 @@ __attribute__((target("avx512f"))) void backward_run_gathers(
 #endif
 
 // Phase 2 of the backward pass, channel by channel, each channel's points in a
-// tight loop (or with gathers, above): they scatter into grad_input and add
-// d loss / d pixel into grad[i] (over the channels in order), which the sink
-// then gets scaled by d pixel / d coordinate. Without gathers, used where a
+// tight loop (or, where they apply, 16 points at a time with the gathers
+// above): they scatter into grad_input and add d loss / d pixel into grad[i]
+// (over the channels in order), which the sink then gets scaled by d pixel /
+// d coordinate. Without gathers, used where a
 // point's work per channel is small: one channel (the general loop below costs
 // a fifth more there), or nearest sampling, whose lone adds into planes 16 KiB
 // apart thrash the cache when each point visits all its channels (5x slower at
 // 32 channels). Bilinear with more channels takes the general loop, whose order
 // keeps each point's neighbourhood in registers and the same-address adds apart.
 template <Interpolation I, typename acc_t, typename index_t, typename scalar_t, typename Sink>
-void backward_run(const Run<acc_t, index_t>& run, const RunStart& at, const Plane<index_t> plane,
+void backward_run(const Run<I, acc_t, index_t>& run, const RunStart& at, const Plane<index_t> plane,
                   const Image<const scalar_t>& in, const Image<const scalar_t>& go,
                   const Image<acc_t>& gi, bool need_input_grad, bool grid_grad_nonzero,
                   bool need_grid_grad, bool gathers, Sink& sink) {
@@ -515,9 +531,9 @@ void backward_run(const Run<acc_t, index_t>& run, const RunStart& at, const Plan
   if constexpr (I == Interpolation::Bilinear && std::is_same_v<scalar_t, float> &&
                 std::is_same_v<index_t, int>) {
     if (gathers) {
-      backward_run_gathers(run, plane, in.plane(at.n, 0), in.sC, go_n, go_offset, go_dense,
-                              go.sC, need_input_grad ? gi.plane(at.n, 0) : nullptr, gi.sC, in.C,
-                              grid_grad_nonzero, grad);
+      backward_run_gathers(run, plane, in.plane(at.n, 0), in.sC, go_n, go_offset, go_dense, go.sC,
+                           need_input_grad ? gi.plane(at.n, 0) : nullptr, gi.sC, in.C,
+                           grid_grad_nonzero, grad);
       return to_sink();
     }
   }
@@ -555,7 +571,9 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   const auto in = image_of<const scalar_t>(input);
   const bool need_input_grad = grad_input.defined();
   const auto gi = need_input_grad ? image_of<acc_t>(grad_input) : Image<acc_t>{};
-  // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
+  // Nearest sampling is piecewise constant: its gradient with respect to the
+  // grid is 0, which run_backward (ops.cpp) gives without asking for it here;
+  // this stays as the kernels' own guard.
   const bool grid_grad_nonzero =
       need_grid_grad && sampling.interpolation != Interpolation::Nearest;
   // grad_input is allocated contiguous with the input's memory format, so its
@@ -565,15 +583,17 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
       const Runs runs(go.H, go.W);
-      // Where backward_run_gathers applies and pays: with one channel and no
-      // gradient to the grid it gathers nothing, and the scalar loop is faster
-      // (0.52 against 0.70 ms on 256x1x28x28).
+      // Where backward_run_gathers applies and pays. Without a gradient to the
+      // grid it gathers nothing: with more than one channel, its order (16
+      // points through every channel's adds) still beats the general loop
+      // (0.36 against 0.47 ms on 64x4x28x28), but with one channel the plain
+      // loop is faster (0.52 against 0.70 ms on 256x1x28x28).
       const bool gathers = I == Interpolation::Bilinear && std::is_same_v<scalar_t, float> &&
                            std::is_same_v<index_t, int> && tuning().cpu_gathers &&
                            cpu_has_gathers() && (grid_grad_nonzero || in.C > 1);
       at::parallel_for(0, go.N, 1, [&, plane](int64_t n0, int64_t n1) {
         Sink s = sink;
-        Run<acc_t, index_t> run;
+        Run<I, acc_t, index_t> run;
         for (int64_t n = n0; n < n1; ++n) {
           const scalar_t* in_n = in.plane(n, 0);
           const scalar_t* go_n = go.plane(n, 0);
