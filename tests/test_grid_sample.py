@@ -53,16 +53,16 @@ def test_nearest_gives_the_grid_and_theta_a_zero_gradient(device, padding_mode, 
     grid.detach()[0, 0, 0] = torch.tensor([float("nan"), float("inf"), -float("inf")][:dims])
     theta = random_theta(2, device=device, spread=2.0, dims=dims).requires_grad_()
     out_size = grid.shape[1:-1]
+    samplers = [(grid, lambda: stn_cuda.grid_sample(input, grid, "nearest", padding_mode, align_corners)),
+                (theta, lambda: stn_cuda.affine_sample(input, theta, out_size, "nearest", padding_mode,
+                                                       align_corners))]
     for deterministic in (False, True):
         with stn_cuda.deterministic(deterministic):
-            for wanted in ((input, grid), (grid,)):
-                out = stn_cuda.grid_sample(input, grid, "nearest", padding_mode, align_corners)
-                assert torch.equal(grads(out, wanted, torch.randn_like(out))[-1].cpu().view(torch.int64),
-                                   torch.zeros(grid.shape, dtype=torch.int64)), deterministic
-            for wanted in ((input, theta), (theta,)):
-                out = stn_cuda.affine_sample(input, theta, out_size, "nearest", padding_mode, align_corners)
-                assert torch.equal(grads(out, wanted, torch.randn_like(out))[-1].cpu().view(torch.int64),
-                                   torch.zeros(theta.shape, dtype=torch.int64)), deterministic
+            for source, sample in samplers:
+                for wanted in ((input, source), (source,)):
+                    out = sample()
+                    assert torch.equal(grads(out, wanted, torch.randn_like(out))[-1].cpu().view(torch.int64),
+                                       torch.zeros(source.shape, dtype=torch.int64)), deterministic
 
 
 @pytest.mark.parametrize("mode", SMOOTH_MODES)

@@ -585,9 +585,10 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
       const Runs runs(go.H, go.W);
       // Where backward_run_gathers applies and pays. Without a gradient to the
       // grid it gathers nothing: with more than one channel, its order (16
-      // points through every channel's adds) still beats the general loop
-      // (0.36 against 0.47 ms on 64x4x28x28), but with one channel the plain
-      // loop is faster (0.52 against 0.70 ms on 256x1x28x28).
+      // points through every channel's adds) still beat the general loop in a
+      // rough timing (0.36 against 0.47 ms on 64x4x28x28, a noisy Zen 4), but
+      // with one channel the plain loop is faster (0.52 against 0.70 ms on
+      // 256x1x28x28).
       const bool gathers = I == Interpolation::Bilinear && std::is_same_v<scalar_t, float> &&
                            std::is_same_v<index_t, int> && tuning().cpu_gathers &&
                            cpu_has_gathers() && (grid_grad_nonzero || in.C > 1);
