@@ -1,7 +1,7 @@
 // The per-block reductions of the backward passes (grad_theta, summed per
 // block and then once per block and batch element). Like loops.cuh, this header
 // needs nothing but sampler_math.h and loops.cuh, so that tests/host can run it
-// on the CPU against an emulated block (tests/host/warp_emulator.h).
+// on the CPU against an emulated block (tests/host/cuda_emulator.h).
 #pragma once
 
 #include <cstdint>

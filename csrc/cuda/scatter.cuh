@@ -13,7 +13,7 @@
 //
 // This header needs nothing but sampler_math.h and loops.cuh, so that
 // tests/host can compile it for the CPU against an emulated warp
-// (tests/host/warp_emulator.h).
+// (tests/host/cuda_emulator.h).
 #pragma once
 
 #include "../sampler_math.h"

@@ -1,17 +1,18 @@
 // The CUDA kernels' warp-level and channel-vector code, run on the CPU
 // (tests/test_device_code_on_host.py builds and runs this program):
-//  - WarpScatter (csrc/cuda/scatter.cuh) on an emulated warp (warp_emulator.h):
+//  - WarpScatter (csrc/cuda/scatter.cuh) on an emulated warp (cuda_emulator.h):
 //    grad_input equals the plain sum of every lane's adds, bit for bit, with
 //    one atomic add per run of lanes that share a corner, none outside the
 //    image, and as many shuffle steps as the longest run needs;
 //  - STN_FOR_EACH_WARP_POINT (csrc/cuda/loops.cuh): every point once, and
 //    `lanes` the warp's first lanes, those whose point is in range;
 //  - the block reductions of block_sums.cuh (grad_theta's), on emulated blocks
-//    of every size plan_launch makes: the plain sums, once per block;
+//    of every size plan_launch makes: the plain sums, once per block; and after
+//    a warp loop whose partial warp shuffles over its own lanes;
 //  - interpolate_channels and interpolate_backward_channels (sampler_math.h),
 //    which the channel-vector kernels use, against the one-channel functions.
 // Prints one line per failure and a summary; exits 1 if anything failed.
-#include "warp_emulator.h"
+#include "cuda_emulator.h"
 
 #include "cuda/block_sums.cuh"
 #include "cuda/scatter.cuh"
@@ -153,9 +154,9 @@ void test_warp_scatter(Rng& rng) {
   std::vector<acc_t> grad_in(size + 2 * guard, sentinel);
   std::fill(grad_in.begin() + guard, grad_in.end() - guard, acc_t(0));
   std::vector<int> steps(32, -1);
-  warp_emulator::atomic_log().addresses.clear();
-  warp_emulator::run_warp([&] {
-    const int l = warp_emulator::lane();
+  cuda_emulator::atomic_log().addresses.clear();
+  cuda_emulator::run_warp([&] {
+    const int l = cuda_emulator::lane();
     if (l >= active) return;  // as the lanes past the last point
     const WarpScatter<acc_t, index_t> scatter(lanes, cs[l], plane, sampling.interpolation);
     steps[l] = scatter.steps;
@@ -174,7 +175,7 @@ void test_warp_scatter(Rng& rng) {
     EXPECT(grad_in[i] == sentinel && grad_in[guard + size + i] == sentinel,
            "an add outside grad_input");
   }
-  const auto& adds = warp_emulator::atomic_log().addresses;
+  const auto& adds = cuda_emulator::atomic_log().addresses;
   EXPECT(int64_t(adds.size()) == expected_atomics, "%zu atomic adds, expected %lld (%d lanes)",
          adds.size(), (long long)expected_atomics, active);
   for (int l = 0; l < active; ++l) {
@@ -190,8 +191,8 @@ void test_warp_loop(index_t P, unsigned threads, unsigned grid) {
   std::mutex mutex;
   for (unsigned block = 0; block < grid; ++block) {
     for (unsigned warp = 0; warp < threads / 32; ++warp) {
-      warp_emulator::run_warp([&] {
-        const index_t lane = static_cast<index_t>(warp_emulator::lane());
+      cuda_emulator::run_warp([&] {
+        const index_t lane = static_cast<index_t>(cuda_emulator::lane());
         STN_FOR_EACH_WARP_POINT(P, lanes) {
           unsigned expected = 0;
           for (index_t l = 0; l < 32; ++l) expected |= unsigned(p - lane + l < P) << l;
@@ -207,6 +208,26 @@ void test_warp_loop(index_t P, unsigned threads, unsigned grid) {
     EXPECT(visits[p] == 1, "point %lld of %lld visited %d times (%u x %u threads)", (long long)p,
            (long long)P, visits[p], grid, threads);
   }
+}
+
+// The affine backward's shape: the warp loop, whose last partial warp's lanes
+// shuffle among themselves (WarpScatter over `lanes`) while the warp's other
+// lanes have gone on to the block's reduction over whole warps; legal under
+// PTX's rules, which the emulator follows.
+template <typename T>
+void test_warp_loop_then_block_sum(int64_t P, unsigned threads) {
+  T first = std::numeric_limits<T>::quiet_NaN();
+  cuda_emulator::run_block([&] {
+    T v = T(0);
+    STN_FOR_EACH_WARP_POINT(P, lanes) {
+      v += __shfl_up_sync(lanes, T(1), 1);  // lane 0: its own 1
+    }
+    const T s = block_sum(v);
+    if (threadIdx.x == 0) first = s;
+  }, threads);
+  const T expected = T(P);  // one block: its threads take every point
+  EXPECT(first == expected, "%lld points, %u threads: block_sum %g, expected %g", (long long)P,
+         threads, double(first), double(expected));
 }
 
 // block_sum, and reduce_block_sums both ways (atomic adds into sums, stored
@@ -227,8 +248,9 @@ void test_block_sums(Rng& rng) {
     const T sentinel = T(12345);
     std::vector<T> sums(N * K, T(0)), partials(N * grid * K, sentinel);
     T first = std::numeric_limits<T>::quiet_NaN();
-    warp_emulator::atomic_log().addresses.clear();
-    warp_emulator::run_block([&] {
+    cuda_emulator::order_seed = rng();
+    cuda_emulator::atomic_log().addresses.clear();
+    cuda_emulator::run_block([&] {
       T v[K];
       for (int k = 0; k < K; ++k) v[k] = values[threadIdx.x * K + k];
       const T s = block_sum(v[0]);
@@ -249,8 +271,8 @@ void test_block_sums(Rng& rng) {
       EXPECT(partials[i] == want, "%u threads: partials[%lld] = %g, expected %g", threads,
              (long long)i, double(partials[i]), double(want));
     }
-    EXPECT(warp_emulator::atomic_log().addresses.size() == K, "%u threads: %zu atomic adds",
-           threads, warp_emulator::atomic_log().addresses.size());
+    EXPECT(cuda_emulator::atomic_log().addresses.size() == K, "%u threads: %zu atomic adds",
+           threads, cuda_emulator::atomic_log().addresses.size());
   }
 }
 
@@ -311,6 +333,7 @@ int main(int argc, char** argv) {
   const int cases = argc > 1 ? std::atoi(argv[1]) : 300;
   const uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 2026;
   Rng rng(seed);
+  cuda_emulator::atomic_log().record = true;
   for (int i = 0; i < cases; ++i) {
     test_warp_scatter<float, int32_t>(rng);
     test_warp_scatter<double, int64_t>(rng);
@@ -319,7 +342,13 @@ int main(int argc, char** argv) {
     test_warp_loop<int32_t>(static_cast<int32_t>(P), 64, 3);
     test_warp_loop<int64_t>(P, 256, 2);
   }
-  for (int i = 0; i < 4; ++i) {
+  for (int64_t P : {1, 23, 32, 100, 255}) {
+    test_warp_loop_then_block_sum<float>(P, 256);
+    test_warp_loop_then_block_sum<double>(P, 96);
+  }
+  // Each with its own order of threads (order_seed): a missing __syncthreads
+  // shows in some orders only.
+  for (int i = 0; i < 32; ++i) {
     test_block_sums<float>(rng);
     test_block_sums<double>(rng);
   }
