@@ -11,6 +11,9 @@ else a CPU-only extension (with a message saying so). Environment:
                           python is not instrumented, so load it with the ASan runtime
                           preloaded: scripts/sanitize.sh builds a copy and runs the
                           CPU tests that way, leaving the normal build alone
+  STN_CUDA_EMULATE=1      for the tests: a CPU-only extension whose CPU tensors go to
+                          the CUDA kernels, built for the CPU against the CUDA
+                          emulator of tests/host (scripts/sanitize.sh --emulate-cuda)
 """
 import glob
 import os
@@ -23,6 +26,7 @@ DEFAULT_ARCHS = "7.5;8.0;8.6;8.9;9.0+PTX"
 FORCE_CUDA = os.environ.get("FORCE_CUDA", "0") == "1"
 DEBUG = os.environ.get("STN_CUDA_DEBUG", "0") == "1"
 SANITIZE = os.environ.get("STN_CUDA_SANITIZE", "0") == "1"
+EMULATE = os.environ.get("STN_CUDA_EMULATE", "0") == "1"
 # -O1 keeps the reports' stacks readable and the tests' run time bearable; recovering
 # from a report would let a test pass after one. float-cast-overflow (not part of
 # "undefined" in GCC) checks that no pixel position overflows its conversion to an index.
@@ -34,6 +38,10 @@ SANITIZE_FLAGS = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sani
 def want_cuda():
     if SANITIZE:
         print("stn_cuda: STN_CUDA_SANITIZE=1: a CPU-only extension under ASan and UBSan")
+    if EMULATE:
+        print("stn_cuda: STN_CUDA_EMULATE=1: the CUDA kernels built for the CPU and run in place "
+              "of the CPU's, against an emulator of CUDA (tests only)")
+    if SANITIZE or EMULATE:
         return False
     missing = []
     if torch.version.cuda is None:
@@ -62,12 +70,20 @@ def extension():
     # target has FMA, as the CPU kernels' AVX-512 clones do): the rounding follows
     # ATen's and is the same on every CPU.
     cxx = opt + ["-fno-trapping-math", "-ffp-contract=off"] + openmp
-    if SANITIZE:
-        return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx + SANITIZE_FLAGS},
-                                          extra_link_args=SANITIZE_FLAGS + openmp)
     if not cuda:
-        return cpp_extension.CppExtension("stn_cuda._C", sources, extra_compile_args={"cxx": cxx},
-                                          extra_link_args=openmp)
+        macros, include_dirs = [], []
+        if EMULATE:
+            # tests/host/emulated: csrc/cuda's files built as C++, and stand-ins for the
+            # c10/cuda headers they include (before torch's).
+            sources += glob.glob("tests/host/emulated/*.cpp")
+            macros.append(("STN_EMULATE_CUDA", None))
+            cxx = cxx + ["-Wno-unknown-pragmas"]  # the kernels' #pragma unroll
+            include_dirs += [os.path.abspath(d) for d in ("tests/host/emulated", "tests/host", "csrc")]
+        sanitize = SANITIZE_FLAGS if SANITIZE else []
+        return cpp_extension.CppExtension("stn_cuda._C", sources, define_macros=macros,
+                                          include_dirs=include_dirs,
+                                          extra_compile_args={"cxx": cxx + sanitize},
+                                          extra_link_args=sanitize + openmp)
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
     print(f"stn_cuda: building CUDA kernels for {os.environ.get('TORCH_CUDA_ARCH_LIST', 'the visible GPUs')}")

@@ -14,8 +14,8 @@ namespace stn {
 namespace {
 
 const GatherKernels& gather_kernels_for(const at::Tensor& t) {
-#ifdef STN_WITH_CUDA
-  if (t.is_cuda()) return cuda_gather_kernels();
+#ifdef STN_CUDA_KERNELS
+  if (t.is_cuda() || kEmulateCuda) return cuda_gather_kernels();
 #endif
   return cpu_gather_kernels();
 }
@@ -28,7 +28,8 @@ int64_t max_sorted_at_once(const at::Tensor& keys) {
     return v != nullptr && v[0] != '\0' ? std::atoll(v) : int64_t(0);
   }();
   if (for_tests > 0) return for_tests;
-  return keys.is_cuda() ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int64_t>::max();
+  const bool cub = keys.is_cuda() || kEmulateCuda;
+  return cub ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int64_t>::max();
 }
 
 // The keys' dtype for `cells`: int32 where every key fits (for tests,

@@ -34,7 +34,7 @@ struct GatherKernels {
 };
 
 const GatherKernels& cpu_gather_kernels();
-#ifdef STN_WITH_CUDA
+#ifdef STN_CUDA_KERNELS
 const GatherKernels& cuda_gather_kernels();
 #endif
 

@@ -71,15 +71,27 @@ struct Kernels {
                                bool align_corners);
 };
 
+// STN_EMULATE_CUDA (setup.py's STN_CUDA_EMULATE=1, for the tests): a CPU-only
+// build whose CPU tensors go to the CUDA kernels, built for the CPU against
+// tests/host/cuda_emulator.h, in place of cpu/'s.
+#ifdef STN_EMULATE_CUDA
+constexpr bool kEmulateCuda = true;
+#else
+constexpr bool kEmulateCuda = false;
+#endif
+#if defined(STN_WITH_CUDA) || defined(STN_EMULATE_CUDA)
+#define STN_CUDA_KERNELS 1
+#endif
+
 const Kernels& cpu_kernels();
-#ifdef STN_WITH_CUDA
+#ifdef STN_CUDA_KERNELS
 const Kernels& cuda_kernels();
 #endif
 
 // The same ops on volumes: input (N, C, D, H, W), grid (N, D_out, H_out, W_out,
 // 3), theta (N, 3, 4) (cpu/volume_cpu.cpp, cuda/volume_cuda.cu).
 const Kernels& cpu_volume_kernels();
-#ifdef STN_WITH_CUDA
+#ifdef STN_CUDA_KERNELS
 const Kernels& cuda_volume_kernels();
 #endif
 

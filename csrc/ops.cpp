@@ -193,8 +193,8 @@ Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
 
 // The kernels for t's device, for images (dims 2) or volumes (dims 3).
 const Kernels& kernels_for(const Tensor& t, int64_t dims) {
-#ifdef STN_WITH_CUDA
-  if (t.is_cuda()) return dims == 3 ? cuda_volume_kernels() : cuda_kernels();
+#ifdef STN_CUDA_KERNELS
+  if (t.is_cuda() || kEmulateCuda) return dims == 3 ? cuda_volume_kernels() : cuda_kernels();
 #endif
   return dims == 3 ? cpu_volume_kernels() : cpu_kernels();
 }
@@ -466,8 +466,9 @@ PyMethodDef methods[] = {
 
 // A plain Python module: importing stn_cuda._C loads the library, whose static
 // initialisers register the ops above. It also says whether CUDA kernels are
-// in, and holds the tuning settings (kernels.h's Tuning) and the deterministic
-// flag.
+// in (built_with_cuda) or run on the CPU in place of the CPU's (emulates_cuda:
+// kernels.h), and holds the tuning settings (kernels.h's Tuning) and the
+// deterministic flag.
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C",
                                "stn_cuda's compiled operators (torch.ops.stn_cuda)", -1, methods};
@@ -478,7 +479,8 @@ extern "C" PyObject* PyInit__C(void) {
 #else
   const long built_with_cuda = 0;
 #endif
-  if (PyModule_AddIntConstant(m, "built_with_cuda", built_with_cuda) != 0) {
+  if (PyModule_AddIntConstant(m, "built_with_cuda", built_with_cuda) != 0 ||
+      PyModule_AddIntConstant(m, "emulates_cuda", stn::kEmulateCuda) != 0) {
     Py_DECREF(m);
     return nullptr;
   }

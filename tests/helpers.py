@@ -8,14 +8,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import stn_cuda
 
-from conftest import HAS_CUDA, NO_CUDA_REASON
+from conftest import EMULATES_CUDA, HAS_CUDA, NO_CUDA_REASON
 
 
 def cuda_device_tuned(**settings):
     """A `device` fixture for the tests of a CUDA setting: "cuda" alone (in each test's name,
-    for gpu_check.sh's -k cuda; skipped without a GPU), stn_cuda.use_tuning(**settings) in
-    force."""
-    @pytest.fixture(params=[pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA_REASON))])
+    for gpu_check.sh's -k cuda; skipped without a GPU), or "cpu" where the build emulates
+    CUDA (EMULATES_CUDA; named cuda-emulated), stn_cuda.use_tuning(**settings) in force."""
+    cuda = (pytest.param("cpu", id="cuda-emulated") if EMULATES_CUDA
+            else pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason=NO_CUDA_REASON)))
+
+    @pytest.fixture(params=[cuda])
     def device(request):
         with stn_cuda.use_tuning(**settings):
             yield request.param

@@ -1,6 +1,7 @@
 """The CUDA kernels' warp- and block-level code and their channel-vector math, compiled for the
 CPU and run on emulated warps and blocks (tests/host): it runs in every test session, GPU or not. See
-tests/host/device_code_test.cpp for what it checks."""
+tests/host/device_code_test.cpp for what it checks. And, in the build that runs the whole CUDA
+kernels on the CPU (scripts/sanitize.sh --emulate-cuda), that CPU tensors go to them."""
 import os
 import shutil
 import subprocess
@@ -9,6 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.utils.cpp_extension
+
+import stn_cuda
+
+from conftest import EMULATES_CUDA
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = ROOT / "tests" / "host"
@@ -41,3 +46,21 @@ def test_warp_scatter_loop_block_sums_and_channel_math(program):
                          timeout=300, env=env)
     assert run.returncode == 0, f"seed {seed}:\n{run.stdout}\n{run.stderr}"
     assert "0 failures" in run.stdout
+
+
+@pytest.mark.skipif(not EMULATES_CUDA, reason="for the emulated-CUDA build alone (scripts/sanitize.sh --emulate-cuda)")
+def test_cpu_tensors_run_the_cuda_kernels():
+    """There, CPU tensors go to the CUDA kernels: the warp scatter sums a zoomed-in
+    backward's adds in another order than one atomic add per point, which changes
+    grad_input's rounding in float32 (no setting changes the CPU kernels' bits:
+    test_tuning.py)."""
+    input = torch.randn(1, 2, 5, 7, requires_grad=True)
+    grid = torch.rand(1, 32, 32, 2) * 0.2 - 0.1  # 1024 points in about one input cell
+    go = torch.randn(1, 2, 32, 32)
+    results = []
+    for scatter in ("atomic", "warp"):
+        with stn_cuda.use_tuning(scatter=scatter):
+            out = stn_cuda.grid_sample(input, grid, align_corners=False)
+            results.append(torch.autograd.grad(out, input, go)[0])
+    torch.testing.assert_close(results[0], results[1])
+    assert not torch.equal(results[0], results[1])

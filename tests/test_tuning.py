@@ -11,6 +11,7 @@ import torch
 
 import stn_cuda
 
+from conftest import cpu_kernels_only
 from helpers import grads, make, random_theta
 
 DEFAULTS = {"scatter": "atomic", "channel_vectors": False, "cpu_gathers": True}
@@ -78,6 +79,7 @@ def bits(t):
     return torch.where(t.isnan(), float("nan"), t).contiguous().view(torch.int32)
 
 
+@cpu_kernels_only
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 def test_cpu_results_do_not_depend_on_the_settings(mode):
     """Bit for bit the same results, on an input the CUDA settings would apply to
@@ -163,6 +165,7 @@ def _assert_same_bits(gathered, scalar, *context):
             assert torch.equal(bits(a), bits(b)), (name, *context)
 
 
+@cpu_kernels_only
 @needs_gathers
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 def test_cpu_gathers_give_the_bits_of_the_scalar_loop(mode, padding_mode, align_corners):

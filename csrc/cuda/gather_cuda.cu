@@ -6,6 +6,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/accumulate.h>
 
+#include <type_traits>
+
 #include "../gather.h"
 #include "../kernels.h"
 #include "launch.cuh"
@@ -13,10 +15,11 @@
 namespace stn {
 namespace {
 
-template <typename acc_t, typename key_t, typename Source>
+// Store: an EntryStore<acc_t, int32_t or int64_t>.
+template <typename acc_t, typename Source, typename Store>
 __global__ void __launch_bounds__(kMaxThreads)
 entries_kernel(Source src, int64_t N, int64_t points, int64_t H_out, int64_t W_out,
-               CellGrid cells, EntryStore<acc_t, key_t> store, Sampling sampling) {
+               CellGrid cells, Store store, Sampling sampling) {
   STN_FOR_EACH_N(N) {
     STN_FOR_EACH_POINT(points) {
       put_entries(store, n * points + p, n, point_at<acc_t>(src, n, p, H_out, W_out), cells,
@@ -32,10 +35,11 @@ void entries(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef 
     using acc_t = at::opmath_type<decltype(s)>;
     const int64_t N = source.size(0), points = c10::multiply_integers(out_size);
     const auto plan = plan_launch(N, 1, points);
+    using Source = std::decay_t<decltype(src)>;
     with_entry_store<acc_t>(keys, weights, shape, [&](const auto& store) {
-      entries_kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
-          src, N, points, out_size[out_size.size() - 2], out_size.back(), cells, store, sampling);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      using Store = std::decay_t<decltype(store)>;
+      launch_kernel(entries_kernel<acc_t, Source, Store>, plan, src, N, points,
+                    out_size[out_size.size() - 2], out_size.back(), cells, store, sampling);
     });
   });
 }
@@ -78,9 +82,7 @@ void gather(const at::Tensor& grad_output, const at::Tensor& starts, const at::T
     const auto gi = image_of<acc_t>(grad_input.unsqueeze(2));
     const auto runs = cell_runs_of<acc_t>(starts, order, weights, cells, shape, grad_output);
     const auto plan = plan_launch(gi.N, gi.C, gi.W);
-    gather_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-        go, gi, runs, plan.channels_per_thread);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(gather_kernel<scalar_t>, plan, go, gi, runs, plan.channels_per_thread);
   });
 }
 

@@ -76,6 +76,19 @@ void with_point_index_type(const In& in, int64_t points, F&& f) {
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
+// kernel<<<plan's blocks and threads>>>(args...) on the current stream. Built
+// with STN_EMULATE_CUDA (setup.py's STN_CUDA_EMULATE=1, for the tests): on the
+// CPU, tests/host/cuda_emulator.h.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), const LaunchPlan& plan, const Args&... args) {
+#ifdef STN_EMULATE_CUDA
+  cuda_emulator::launch(plan.grid, plan.block, kernel, args...);
+#else
+  kernel<<<plan.grid, plan.block, 0, current_stream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
+}
+
 // The partials buffer of a launch for `sums` (N, ...), K values per batch element.
 inline at::Tensor block_partials(const at::Tensor& sums, const LaunchPlan& plan) {
   return at::empty({sums.size(0), int64_t(plan.grid.x), sums.numel() / sums.size(0)},

@@ -216,9 +216,8 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
   const auto plan = plan_launch(output.size(0), output.size(1), points,
                                 channel_vector(in, at::Tensor(), sampling, points));
   auto launch = [&](auto kernel) {
-    kernel<<<plan.grid, plan.block, 0, current_stream()>>>(in, image_of<scalar_t>(output), src,
-                                                           plan.channels_per_thread, sampling);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(kernel, plan, in, image_of<scalar_t>(output), src, plan.channels_per_thread,
+                  sampling);
   };
   constexpr int V = kChannelVector<scalar_t>;
   if (plan.vector > 1) return launch(sample_forward_kernel<false, V, int32_t, scalar_t, Source>);
@@ -247,11 +246,9 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   using acc_t = at::opmath_type<scalar_t>;
   const auto in = image_of<const scalar_t>(input);
   auto launch = [&](auto kernel) {
-    kernel<<<plan.grid, plan.block, 0, current_stream()>>>(
-        image_of<const scalar_t>(grad_output), in,
-        grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
-        need_grid_grad, plan.channels_per_thread, sampling);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(kernel, plan, image_of<const scalar_t>(grad_output), in,
+                  grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{}, src, sink,
+                  need_grid_grad, plan.channels_per_thread, sampling);
   };
   constexpr int V = kChannelVector<scalar_t>;
   if (plan.vector > 1) {
@@ -334,9 +331,8 @@ void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool a
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t N = grid.size(0), H = grid.size(1), W = grid.size(2);
     const auto plan = plan_launch(N, 1, H * W);
-    affine_grid_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-        theta_grid_of<acc_t>(theta, H, W, align_corners), grid.data_ptr<scalar_t>(), N);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(affine_grid_kernel<scalar_t>, plan,
+                  theta_grid_of<acc_t>(theta, H, W, align_corners), grid.data_ptr<scalar_t>(), N);
   });
 }
 
@@ -352,9 +348,8 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
     const ThetaGradSink<acc_t> sink{grad_theta.data_ptr<acc_t>(),
                                     ThetaGrid<acc_t>{nullptr, H, W, align_corners}};
     with_theta_sink(sink, grad_theta, plan, /*deterministic=*/true, [&](const auto& s) {
-      affine_grid_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-          tensor_grid_of<scalar_t>(grad_grid), s, N);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(affine_grid_backward_kernel<scalar_t>, plan,
+                    tensor_grid_of<scalar_t>(grad_grid), s, N);
     });
   });
 }

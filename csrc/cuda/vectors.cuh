@@ -41,14 +41,15 @@ struct ChannelLoader {
 
 // add(offset, values) for interpolate_backward_channels: atomic adds of V
 // values into grad_input's plane at `offset`, four floats at a time where the
-// GPU has float4 atomics (sm_90), else one at a time.
+// GPU has float4 atomics (sm_90, and the CUDA emulator of the tests), else one
+// at a time.
 template <int V, typename acc_t>
 struct ChannelAdder {
   acc_t* data;
   template <typename index_t>
   __device__ void operator()(index_t offset, const acc_t (&values)[V]) const {
     acc_t* dst = data + offset;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(STN_EMULATE_CUDA)
     constexpr bool kFloat4 = std::is_same_v<acc_t, float> && V % 4 == 0;
 #else
     constexpr bool kFloat4 = false;

@@ -155,10 +155,8 @@ void volume_forward(const at::Tensor& input, const Source& src, const at::Tensor
   const auto plan = plan_launch(output.size(0), output.size(1), points_of(output));
   const auto in = image3_of<const scalar_t>(input);
   with_point_index_type(in, points_of(output), [&](auto index) {
-    volume_forward_kernel<decltype(index), scalar_t>
-        <<<plan.grid, plan.block, 0, current_stream()>>>(in, image3_of<scalar_t>(output), src,
-                                                         plan.channels_per_thread, sampling);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(volume_forward_kernel<decltype(index), scalar_t, Source>, plan, in,
+                  image3_of<scalar_t>(output), src, plan.channels_per_thread, sampling);
   });
 }
 
@@ -169,12 +167,10 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   using acc_t = at::opmath_type<scalar_t>;
   const auto in = image3_of<const scalar_t>(input);
   with_point_index_type(in, points_of(grad_output), [&](auto index) {
-    volume_backward_kernel<decltype(index), scalar_t>
-        <<<plan.grid, plan.block, 0, current_stream()>>>(
-            image3_of<const scalar_t>(grad_output), in,
-            grad_input.defined() ? image3_of<acc_t>(grad_input) : Image3<acc_t>{}, src, sink,
-            need_grid_grad, plan.channels_per_thread, sampling);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(volume_backward_kernel<decltype(index), scalar_t, Source, Sink>, plan,
+                  image3_of<const scalar_t>(grad_output), in,
+                  grad_input.defined() ? image3_of<acc_t>(grad_input) : Image3<acc_t>{}, src,
+                  sink, need_grid_grad, plan.channels_per_thread, sampling);
   });
 }
 
@@ -237,9 +233,7 @@ void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool a
     const int64_t N = grid.size(0);
     const auto src = theta_grid3_of<acc_t>(theta, grid.sizes().slice(1, 3), align_corners);
     const auto plan = plan_launch(N, 1, grid.size(1) * grid.size(2) * grid.size(3));
-    affine_grid3_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-        src, grid.data_ptr<scalar_t>(), N);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel(affine_grid3_kernel<scalar_t>, plan, src, grid.data_ptr<scalar_t>(), N);
   });
 }
 
@@ -255,9 +249,8 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
         grad_theta.data_ptr<acc_t>(),
         theta_grid3_of<acc_t>(at::Tensor(), grad_grid.sizes().slice(1, 3), align_corners)};
     with_theta_sink(sink, grad_theta, plan, /*deterministic=*/true, [&](const auto& s) {
-      affine_grid3_backward_kernel<scalar_t><<<plan.grid, plan.block, 0, current_stream()>>>(
-          tensor_grid3_of<scalar_t>(grad_grid), s, N);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_kernel(affine_grid3_backward_kernel<scalar_t>, plan,
+                    tensor_grid3_of<scalar_t>(grad_grid), s, N);
     });
   });
 }

@@ -1,0 +1,5 @@
+// csrc/cuda/gather_cuda.cu built for the CPU against tests/host/cuda_emulator.h, for
+// the tests (setup.py's STN_CUDA_EMULATE=1).
+#include "cuda_emulator.h"
+
+#include "cuda/gather_cuda.cu"
