@@ -7,7 +7,7 @@
 # start. Arguments after the command go to pytest (they replace the default selection).
 # --emulate-cuda (first): the CUDA kernels instead, built for the CPU against the CUDA
 # emulator of tests/host and run on the CPU tests' tensors (STN_CUDA_EMULATE=1): what
-# compute-sanitizer's memcheck, racecheck and synccheck would find in them, without a GPU.
+# compute-sanitizer's memcheck and synccheck would find in them, without a GPU (not races).
 #   bash scripts/sanitize.sh                            # the CPU tests but the slowest
 #   bash scripts/sanitize.sh --emulate-cuda             # the same tests, on the CUDA kernels
 #   bash scripts/sanitize.sh tests/test_limits.py -q    # a subset

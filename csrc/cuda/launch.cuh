@@ -11,6 +11,9 @@
 #include "../kernels.h"
 #include "block_sums.cuh"
 #include "loops.cuh"
+#ifdef STN_EMULATE_CUDA
+#include "cuda_emulator.h"  // tests/host: launch_kernel's launches, on the CPU
+#endif
 
 #include <algorithm>
 #include <cstdint>

@@ -27,9 +27,15 @@
 // that reads a lane outside the mask (undefined on the GPU) gets poison: NaN,
 // or an odd integer.
 //
+// A launch that a GPU would refuse (too many threads or blocks) fails too.
+//
 // What it does not model: threads running at once (a data race between them
 // does no harm here), memory ordering, and device memory: kernels run on host
-// memory (CPU tensors), where AddressSanitizer sees every access.
+// memory (CPU tensors), where AddressSanitizer sees the accesses to tensors and
+// to the threads' stacks (each switch of fibers is announced to it), but not
+// to __shared__ arrays (thread_local, which GCC's ASan leaves unchecked); and
+// shared memory is not poisoned before a block, so a read before a write there
+// goes unseen.
 #pragma once
 
 #include <sys/mman.h>
@@ -37,6 +43,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +59,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define CUDA_EMULATOR_ASAN 1
 #else
@@ -122,11 +130,15 @@ struct Fiber {
   bool returned = false;
   const char* waits_for = nullptr;  // the collective it waits at, if any
   unsigned waits_mask = 0;
+  std::function<bool()> ready;  // while it waits: whether it may go on
   void* fake_stack = nullptr;  // AddressSanitizer's, while it is switched out
 };
 
 // Picks the order in which the threads of each block run (Scheduler::shuffled).
 inline thread_local uint64_t order_seed = 0;
+
+class Collectives;
+class Barrier;
 
 // The threads of one block (or the part of it that runs), run as fibers of the
 // calling OS thread.
@@ -162,7 +174,8 @@ class Scheduler {
       left = 0;
       for (Fiber* f : shuffled(pass)) {
         if (f->returned) continue;
-        if (!stall || !stalled(pass, f->thread / 32)) resume(*f);
+        const bool waits = f->ready && !f->ready();  // would switch straight back
+        if (!waits && (!stall || !stalled(pass, f->thread / 32))) resume(*f);
         if (!failure_.empty()) throw Failure(failure_);
         left += !f->returned;
       }
@@ -176,7 +189,7 @@ class Scheduler {
   }
 
   // From a thread that failed: back to run(), never to return.
-  [[noreturn]] void abandon(const std::string& failure) {
+  [[noreturn]] void abandon(const char* failure) {
     failure_ = failure;
     Fiber& f = *running_;
     f.returned = true;  // its fake stack goes
@@ -199,7 +212,9 @@ class Scheduler {
     Fiber& f = *running_;
     f.waits_for = call;
     f.waits_mask = mask;
+    f.ready = [&done] { return done(); };
     while (!done()) switch_out(f);
+    f.ready = nullptr;
     f.waits_for = nullptr;
   }
 
@@ -238,11 +253,20 @@ class Scheduler {
   }
 
   void start(Fiber& f) {
+#if CUDA_EMULATOR_ASAN
+    // A thread that failed left its frames' poisoned redzones behind.
+    ASAN_UNPOISON_MEMORY_REGION(f.stack.bottom(), Stack::kBytes);
+#endif
     if (getcontext(&f.context) != 0) fail("cannot start (getcontext)", 0, "launch", 0);
     f.context.uc_stack.ss_sp = f.stack.bottom();
     f.context.uc_stack.ss_size = Stack::kBytes;
     f.context.uc_link = nullptr;
+    f.ready = nullptr;
     makecontext(&f.context, &Scheduler::fiber_main, 0);
+    // No stack for ASan's swapcontext interceptor to find: it would clear the
+    // shadow of all of it, live frames' redzones too, at every switch (the
+    // annotations above and in resume() tell ASan of the switches).
+    f.context.uc_stack = {};
   }
 
   // Runs f until it returns or waits.
@@ -296,8 +320,8 @@ class Scheduler {
 
  public:
   // What the block's threads share, set up by run_threads.
-  void* warps = nullptr;
-  void* barrier = nullptr;
+  Collectives* warps = nullptr;
+  Barrier* barrier = nullptr;
 };
 
 // The calls waiting for their lanes, one per mask, of one warp.
@@ -305,7 +329,7 @@ class Collectives {
  public:
   // Publishes this lane's value for `call` over `mask` and returns every
   // lane's, once all lanes of `mask` have published theirs.
-  std::vector<uint64_t> exchange(const char* call, unsigned mask, uint64_t value) {
+  std::array<uint64_t, 32> exchange(const char* call, unsigned mask, uint64_t value) {
     const int me = lane();
     if (!(mask >> me & 1)) fail("calls with a mask that leaves it out", me, call, mask);
     if (mask & returned_) fail("calls with a mask that names a lane that has returned", me, call, mask);
@@ -330,7 +354,7 @@ class Collectives {
     } else {
       Scheduler::current().wait_until([&] { return mine->complete; }, call, mask);
     }
-    std::vector<uint64_t> values(mine->values, mine->values + 32);
+    const std::array<uint64_t, 32> values = mine->values;
     if (--mine->readers == 0) {
       pending_.remove_if([&](const Pending& p) { return &p == mine; });
     }
@@ -355,7 +379,7 @@ class Collectives {
     unsigned arrived = 0;
     bool complete = false;
     int readers = __builtin_popcount(mask);
-    uint64_t values[32] = {};
+    std::array<uint64_t, 32> values = {};
   };
   std::list<Pending> pending_;
   unsigned returned_ = 0;
@@ -389,10 +413,8 @@ class Barrier {
   uint64_t generation_ = 0;
 };
 
-inline Collectives& collectives() {
-  return static_cast<Collectives*>(Scheduler::current().warps)[linear_thread() / 32];
-}
-inline Barrier& barrier() { return *static_cast<Barrier*>(Scheduler::current().barrier); }
+inline Collectives& collectives() { return Scheduler::current().warps[linear_thread() / 32]; }
+inline Barrier& barrier() { return *Scheduler::current().barrier; }
 
 inline void Scheduler::fiber_main() {
   Scheduler& s = *current_;
@@ -400,7 +422,13 @@ inline void Scheduler::fiber_main() {
 #if CUDA_EMULATOR_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &s.main_bottom_, &s.main_size_);
 #endif
-  s.body_();
+  char error[256] = "";  // of an exception from the body, which must not leave the fiber
+  try {
+    s.body_();
+  } catch (const std::exception& e) {
+    std::snprintf(error, sizeof error, "cuda emulator: a thread threw: %s", e.what());
+  }
+  if (error[0] != '\0') s.abandon(error);
   cuda_emulator::collectives().leave();
   cuda_emulator::barrier().leave();
   f.returned = true;
@@ -413,7 +441,7 @@ inline void fail(const char* what, int lane, const char* call, unsigned mask) {
   char message[256];
   std::snprintf(message, sizeof message,
                 "cuda emulator: thread %u (lane %d) of block (%u, %u, %u) %s (%s, mask %08x)",
-                threadIdx.x, lane, blockIdx.x, blockIdx.y, blockIdx.z, what, call, mask);
+                linear_thread(), lane, blockIdx.x, blockIdx.y, blockIdx.z, what, call, mask);
   if (Scheduler* s = Scheduler::in_thread()) s->abandon(message);
   throw Failure(message);
 }
@@ -446,7 +474,7 @@ T poison() {
 // source lies outside the warp.
 template <typename T>
 T shuffle(const char* call, unsigned mask, T v, int source) {
-  const std::vector<uint64_t> all = collectives().exchange(call, mask, bits_of(v));
+  const auto all = collectives().exchange(call, mask, bits_of(v));
   if (source < 0 || source > 31) return v;
   return mask >> source & 1 ? from_bits<T>(all[source]) : poison<T>();
 }
@@ -481,6 +509,16 @@ inline void run_block(const std::function<void()>& body, unsigned threads, unsig
 // (x fastest): what kernel<<<grid, threads>>>(args...) does.
 template <typename... Params, typename... Args>
 void launch(dim3 grid, dim3 threads, void (*kernel)(Params...), const Args&... args) {
+  // What a GPU refuses to launch (cudaErrorInvalidConfiguration).
+  const uint64_t per_block = uint64_t(threads.x) * threads.y * threads.z;
+  if (per_block == 0 || per_block > 1024 || threads.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    char message[160];
+    std::snprintf(message, sizeof message,
+                  "cuda emulator: a launch of (%u, %u, %u) blocks of (%u, %u, %u) threads, which a "
+                  "GPU refuses", grid.x, grid.y, grid.z, threads.x, threads.y, threads.z);
+    throw Failure(message);
+  }
   const std::function<void()> body = [&] { kernel(args...); };
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {

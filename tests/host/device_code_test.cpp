@@ -9,6 +9,8 @@
 //  - the block reductions of block_sums.cuh (grad_theta's), on emulated blocks
 //    of every size plan_launch makes: the plain sums, once per block; and after
 //    a warp loop whose partial warp shuffles over its own lanes;
+//  - the emulator itself: each broken contract fails its launch, and the next
+//    launch runs;
 //  - interpolate_channels and interpolate_backward_channels (sampler_math.h),
 //    which the channel-vector kernels use, against the one-channel functions.
 // Prints one line per failure and a summary; exits 1 if anything failed.
@@ -21,6 +23,8 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace {
@@ -327,6 +331,64 @@ void test_channel_math(Rng& rng) {
   }
 }
 
+void empty_kernel() {}
+
+// Each broken contract fails its launch (Failure, saying what broke), and the
+// next launch on the same thread runs as usual.
+void test_failures() {
+  using cuda_emulator::lane;
+  constexpr unsigned kAll = 0xffffffffu;
+  alignas(16) static float sums[8];
+  const struct {
+    const char* expected;
+    unsigned threads;
+    std::function<void()> body;
+  } cases[] = {
+      {"returns while a call that names it waits", 32,
+       [] { if (lane() != 3) __shfl_down_sync(kAll, 1.0f, 1); }},
+      {"calls with a mask that leaves it out", 32, [] { __ballot_sync(1u << (lane() + 1) % 32, 1); }},
+      {"makes another call over a mask whose call waits for it", 32,
+       [] {
+         if (lane() == 0) __shfl_down_sync(3u, 1.0f, 1);
+         if (lane() == 1) __ballot_sync(3u, 1);
+       }},
+      {"waits for threads that never make the call", 2,
+       [] {
+         if (lane() == 0) __shfl_down_sync(3u, 1.0f, 1);
+         if (lane() == 1) __syncthreads();
+       }},
+      {"returns while others wait at __syncthreads", 64, [] { if (threadIdx.x != 40) __syncthreads(); }},
+      {"not 16-byte aligned", 32,
+       [] { atomicAdd(reinterpret_cast<float4*>(sums + 1), make_float4(1, 1, 1, 1)); }},
+      {"a thread threw", 32, [] { if (lane() == 5) throw std::runtime_error("out of range"); }},
+  };
+  for (const auto& c : cases) {
+    std::string what = "no failure";
+    try {
+      cuda_emulator::run_block(c.body, c.threads);
+    } catch (const cuda_emulator::Failure& e) {
+      what = e.what();
+    }
+    EXPECT(what.find(c.expected) != std::string::npos, "expected a failure that %s, got: %s",
+           c.expected, what.c_str());
+    float total = 0;
+    cuda_emulator::run_warp([&] {
+      float v = 1;
+      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(kAll, v, offset);
+      if (lane() == 0) total = v;
+    });
+    EXPECT(total == 32, "after a failure (%s): a warp's sum %g, expected 32", c.expected, double(total));
+  }
+  std::string what = "no failure";
+  try {
+    cuda_emulator::launch(dim3(1, 65536), dim3(32), &empty_kernel);
+  } catch (const cuda_emulator::Failure& e) {
+    what = e.what();
+  }
+  EXPECT(what.find("which a GPU refuses") != std::string::npos, "a launch of 65536 blocks along y: %s",
+         what.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -352,6 +414,7 @@ int main(int argc, char** argv) {
     test_block_sums<float>(rng);
     test_block_sums<double>(rng);
   }
+  test_failures();
   for (int i = 0; i < cases; ++i) {
     test_channel_math<4, float, int32_t>(rng);
     test_channel_math<8, float, int32_t>(rng);
