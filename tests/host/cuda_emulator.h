@@ -112,7 +112,14 @@ class Stack {
     }
     mapping_ = static_cast<char*>(p);
   }
-  ~Stack() { munmap(mapping_, kBytes + guard()); }
+  ~Stack() {
+#if CUDA_EMULATOR_ASAN
+    // The redzones of frames that never returned (a fiber's first, a failed
+    // thread's) would stay poisoned for whatever is mapped here next.
+    ASAN_UNPOISON_MEMORY_REGION(bottom(), kBytes);
+#endif
+    munmap(mapping_, kBytes + guard());
+  }
   Stack(const Stack&) = delete;
   Stack& operator=(const Stack&) = delete;
   char* bottom() const { return mapping_ + guard(); }
