@@ -76,7 +76,7 @@ def extension():
             # tests/host/emulated: csrc/cuda's files built as C++, and stand-ins for the
             # c10/cuda headers they include (before torch's).
             sources += glob.glob("tests/host/emulated/*.cpp")
-            macros.append(("STN_EMULATE_CUDA", None))
+            macros.append(("STN_CUDA_EMULATE", None))
             cxx = cxx + ["-Wno-unknown-pragmas"]  # the kernels' #pragma unroll
             include_dirs += [os.path.abspath(d) for d in ("tests/host/emulated", "tests/host", "csrc")]
         sanitize = SANITIZE_FLAGS if SANITIZE else []

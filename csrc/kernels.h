@@ -71,15 +71,15 @@ struct Kernels {
                                bool align_corners);
 };
 
-// STN_EMULATE_CUDA (setup.py's STN_CUDA_EMULATE=1, for the tests): a CPU-only
-// build whose CPU tensors go to the CUDA kernels, built for the CPU against
-// tests/host/cuda_emulator.h, in place of cpu/'s.
-#ifdef STN_EMULATE_CUDA
+// STN_CUDA_EMULATE (defined by setup.py under STN_CUDA_EMULATE=1, for the
+// tests): a CPU-only build whose CPU tensors go to the CUDA kernels, built for
+// the CPU against tests/host/cuda_emulator.h, in place of cpu/'s.
+#ifdef STN_CUDA_EMULATE
 constexpr bool kEmulateCuda = true;
 #else
 constexpr bool kEmulateCuda = false;
 #endif
-#if defined(STN_WITH_CUDA) || defined(STN_EMULATE_CUDA)
+#if defined(STN_WITH_CUDA) || defined(STN_CUDA_EMULATE)
 #define STN_CUDA_KERNELS 1
 #endif
 

@@ -11,7 +11,7 @@
 #include "../kernels.h"
 #include "block_sums.cuh"
 #include "loops.cuh"
-#ifdef STN_EMULATE_CUDA
+#ifdef STN_CUDA_EMULATE
 #include "cuda_emulator.h"  // tests/host: launch_kernel's launches, on the CPU
 #endif
 
@@ -79,12 +79,11 @@ void with_point_index_type(const In& in, int64_t points, F&& f) {
 
 inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
-// kernel<<<plan's blocks and threads>>>(args...) on the current stream. Built
-// with STN_EMULATE_CUDA (setup.py's STN_CUDA_EMULATE=1, for the tests): on the
-// CPU, tests/host/cuda_emulator.h.
+// kernel<<<plan's blocks and threads>>>(args...) on the current stream; under
+// STN_CUDA_EMULATE (kernels.h), on the CPU: tests/host/cuda_emulator.h.
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), const LaunchPlan& plan, const Args&... args) {
-#ifdef STN_EMULATE_CUDA
+#ifdef STN_CUDA_EMULATE
   cuda_emulator::launch(plan.grid, plan.block, kernel, args...);
 #else
   kernel<<<plan.grid, plan.block, 0, current_stream()>>>(args...);

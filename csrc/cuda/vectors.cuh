@@ -49,7 +49,7 @@ struct ChannelAdder {
   template <typename index_t>
   __device__ void operator()(index_t offset, const acc_t (&values)[V]) const {
     acc_t* dst = data + offset;
-#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(STN_EMULATE_CUDA)
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(STN_CUDA_EMULATE)
     constexpr bool kFloat4 = std::is_same_v<acc_t, float> && V % 4 == 0;
 #else
     constexpr bool kFloat4 = false;

@@ -151,18 +151,18 @@ class Barrier;
 // calling OS thread.
 class Scheduler {
  public:
+  // Threads [first, first + count) (linear indices) of block `block` of a
+  // launch of `grid` blocks of `threads` threads, which share `warps` (one
+  // per warp of the block) and `barrier`.
   Scheduler(const std::function<void()>& body, unsigned first, unsigned count, dim3 block,
-            dim3 threads, dim3 grid)
-      : body_(body), block_(block), threads_(threads), grid_(grid) {
+            dim3 threads, dim3 grid, Collectives* warps, Barrier* barrier)
+      : body_(body), block_(block), threads_(threads), grid_(grid), warps_(warps),
+        barrier_(barrier) {
     std::vector<std::unique_ptr<Fiber>>& pool = fiber_pool();
     while (pool.size() < count) pool.push_back(std::make_unique<Fiber>());
     for (unsigned i = 0; i < count; ++i) {
-      Fiber& f = *pool[i];
-      f.thread = first + i;
-      f.returned = false;
-      f.waits_for = nullptr;
-      f.fake_stack = nullptr;
-      fibers_.push_back(&f);
+      pool[i]->thread = first + i;
+      fibers_.push_back(pool[i].get());
     }
   }
 
@@ -227,6 +227,11 @@ class Scheduler {
 
   static Scheduler& current() { return *current_; }
 
+  // What the calling thread shares with others: its warp's calls, its block's
+  // barrier.
+  Collectives& warp();
+  Barrier& barrier() { return *barrier_; }
+
  private:
   // The order of a pass, and which warps sit it out (as a slow warp would):
   // functions of the block, the pass and order_seed alone, so that a launch runs
@@ -264,11 +269,14 @@ class Scheduler {
     // A thread that failed left its frames' poisoned redzones behind.
     ASAN_UNPOISON_MEMORY_REGION(f.stack.bottom(), Stack::kBytes);
 #endif
+    f.returned = false;
+    f.waits_for = nullptr;
+    f.ready = nullptr;
+    f.fake_stack = nullptr;
     if (getcontext(&f.context) != 0) fail("cannot start (getcontext)", 0, "launch", 0);
     f.context.uc_stack.ss_sp = f.stack.bottom();
     f.context.uc_stack.ss_size = Stack::kBytes;
     f.context.uc_link = nullptr;
-    f.ready = nullptr;
     makecontext(&f.context, &Scheduler::fiber_main, 0);
     // No stack for ASan's swapcontext interceptor to find: it would clear the
     // shadow of all of it, live frames' redzones too, at every switch (the
@@ -316,6 +324,8 @@ class Scheduler {
   inline static thread_local Scheduler* current_ = nullptr;
   const std::function<void()>& body_;
   const dim3 block_, threads_, grid_;
+  Collectives* const warps_;
+  Barrier* const barrier_;
   std::vector<Fiber*> fibers_, order_;
   Fiber* running_ = nullptr;
   ucontext_t main_{};
@@ -324,11 +334,6 @@ class Scheduler {
   size_t main_size_ = 0;
   uint64_t events_ = 0;
   std::string failure_;
-
- public:
-  // What the block's threads share, set up by run_threads.
-  Collectives* warps = nullptr;
-  Barrier* barrier = nullptr;
 };
 
 // The calls waiting for their lanes, one per mask, of one warp.
@@ -420,8 +425,10 @@ class Barrier {
   uint64_t generation_ = 0;
 };
 
-inline Collectives& collectives() { return Scheduler::current().warps[linear_thread() / 32]; }
-inline Barrier& barrier() { return *Scheduler::current().barrier; }
+inline Collectives& Scheduler::warp() { return warps_[linear_thread() / 32]; }
+
+inline Collectives& collectives() { return Scheduler::current().warp(); }
+inline Barrier& barrier() { return Scheduler::current().barrier(); }
 
 inline void Scheduler::fiber_main() {
   Scheduler& s = *current_;
@@ -494,10 +501,7 @@ inline void run_threads(const std::function<void()>& body, unsigned first, unsig
   const unsigned total = threads.x * threads.y * threads.z;
   std::vector<Collectives> warps((total + 31) / 32);
   Barrier barrier(count);
-  Scheduler scheduler(body, first, count, block, threads, grid);
-  scheduler.warps = warps.data();
-  scheduler.barrier = &barrier;
-  scheduler.run();
+  Scheduler(body, first, count, block, threads, grid, warps.data(), &barrier).run();
 }
 
 // body() on the 32 lanes of warp `warp` of a block (its other warps do not run).
