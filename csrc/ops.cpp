@@ -182,10 +182,15 @@ Tensor grad_input_buffer(const Tensor& in, const Tensor& grad_output, bool deter
   return poisoned(at::empty_like(in, in.options().dtype(acc_type(in)), in.suggest_memory_format()));
 }
 
-// The backward kernels address grad_input (grad_input_buffer) with the input's
-// offsets, so they read an input laid out the same way: dense in its memory
-// format. A copy only for inputs with gaps or unusual strides.
-Tensor dense(const Tensor& input) { return input.contiguous(input.suggest_memory_format()); }
+// The input as the backward kernels read it. They address grad_input
+// (grad_input_buffer) with the input's offsets, so where grad_input is wanted
+// they read an input laid out the same way: dense in its memory format (a copy
+// only for inputs with gaps or unusual strides: a slice, an expanded batch).
+// Where only the grid's or theta's gradient is wanted, the input as it is, as
+// the forward reads it: one image expanded over a batch stays one image.
+Tensor backward_input(const Tensor& input, bool grad_input_wanted) {
+  return grad_input_wanted ? input.contiguous(input.suggest_memory_format()) : input;
+}
 
 Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
   return t.defined() ? t.to(dtype) : t;
@@ -251,7 +256,7 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
   check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   const int64_t dims = spatial_dims(input);
   check_grad_output(op, grad_output, input, grid.sizes().slice(1, dims));
-  const Tensor in = dense(input);
+  const Tensor in = backward_input(input, output_mask[0]);
   Tensor grad_input = output_mask[0] ? grad_input_buffer(in, grad_output, deterministic) : Tensor();
   Tensor grad_grid =
       output_mask[1] ? empty_output(grid.sizes(), grid.options().dtype(acc_type(grid))) : Tensor();
@@ -347,7 +352,7 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
   TORCH_CHECK_VALUE(grad_output.defined() && grad_output.dim() == input.dim(), op,
                     ": expected grad_output to be ", input.dim(), "-D like input");
   check_grad_output(op, grad_output, input, grad_output.sizes().slice(2));
-  const Tensor in = dense(input);
+  const Tensor in = backward_input(input, output_mask[0]);
   Tensor grad_input = output_mask[0] ? grad_input_buffer(in, grad_output, deterministic) : Tensor();
   Tensor grad_theta = output_mask[1] ? zeros_acc(theta) : Tensor();
   if (grad_output.numel() > 0) {

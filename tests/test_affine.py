@@ -126,9 +126,11 @@ def test_affine_sample_memory_layouts(device):
     for x in (input.detach().contiguous(memory_format=torch.channels_last),
               input.detach().transpose(2, 3).contiguous().transpose(2, 3),
               input.detach()[:1].expand(2, -1, -1, -1)):
-        check_against(functools.partial(stn_cuda.affine_sample, out_size=(5, 6)),
-                      functools.partial(torch_affine_sample, out_size=(5, 6)),
-                      (x.requires_grad_(), theta.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()))
+        for wants_grad_input in (True, False):  # without, the input is read in place
+            check_against(functools.partial(stn_cuda.affine_sample, out_size=(5, 6)),
+                          functools.partial(torch_affine_sample, out_size=(5, 6)),
+                          (x.detach().requires_grad_(wants_grad_input),
+                           theta.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()))
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])

@@ -1,4 +1,5 @@
 """stn_cuda.grid_sample against torch.nn.functional.grid_sample."""
+import functools
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
-from helpers import check_against, grads, leaf, make, ours, random_theta, special_grid, theirs
+from helpers import (check_against, grads, leaf, make, ours, random_theta, special_grid, theirs,
+                     torch_affine_sample)
 
 # (N, C, H_in, W_in, H_out, W_out): odd, prime and 1-sized dimensions.
 SHAPES = [(2, 3, 7, 5, 4, 6), (1, 1, 1, 1, 3, 3), (3, 2, 13, 1, 5, 7), (1, 4, 1, 17, 2, 11),
@@ -190,7 +192,28 @@ def test_memory_layouts(device, padding_mode, align_corners, mode):
         check_against(ours(padding_mode, align_corners, mode), theirs(padding_mode, align_corners, mode),
                       (x.requires_grad_(), g.requires_grad_()))
         check_against(ours(padding_mode, align_corners, mode), theirs(padding_mode, align_corners, mode),
+                      (x.detach(), g.detach().requires_grad_()))  # the input read in place
+        check_against(ours(padding_mode, align_corners, mode), theirs(padding_mode, align_corners, mode),
                       (x.detach(), g.detach()))
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomic", "deterministic"])
+@pytest.mark.parametrize("op", ["grid_sample", "affine_sample"])
+def test_grid_gradient_reads_an_expanded_input_in_place(device, op, deterministic):
+    """Where only the grid's (or theta's) gradient is wanted, the backward reads the input as
+    the forward does, with its own strides: one 128 x 128 image expanded over 2^22 batch
+    elements, 256 GiB as a dense tensor, which no machine could copy."""
+    n = 2**22
+    input = torch.randn(1, 1, 128, 128, device=device).expand(n, 1, 128, 128)
+    if op == "grid_sample":
+        source = torch.rand(n, 1, 1, 2, device=device) * 2 - 1
+        fn, ref_fn = stn_cuda.grid_sample, functools.partial(F.grid_sample, align_corners=False)
+    else:
+        source = torch.eye(2, 3, device=device) + 0.1 * torch.randn(n, 2, 3, device=device)
+        fn = functools.partial(stn_cuda.affine_sample, out_size=(1, 1))
+        ref_fn = functools.partial(torch_affine_sample, out_size=(1, 1))
+    with stn_cuda.deterministic(deterministic):
+        check_against(fn, ref_fn, (input, source.requires_grad_()), atol=1e-4, rtol=1e-4)
 
 
 def test_non_contiguous_grad_output(device):
