@@ -106,22 +106,32 @@ def _fold(info, tensor, dim, at=0):
     return tensor.movedim(dim, at).flatten(at, at + 1)
 
 
-def _unfold(info, tensor, at=0):
-    """_fold undone: the vmapped dimension out of tensor's dimension `at`, first."""
-    return None if tensor is None else tensor.unflatten(at, (info.batch_size, -1)).movedim(at, 0)
+def _unfold(info, tensor, size, at=0):
+    """_fold undone: the vmapped dimension out of tensor's dimension `at`, first, where one
+    sample's dimension `at` has `size` entries (which -1 cannot infer from an empty batch)."""
+    return None if tensor is None else tensor.unflatten(at, (info.batch_size, size)).movedim(at, 0)
+
+
+def _sample_size(tensor, dim, i):
+    """The size of one sample's dimension i, of a tensor vmapped over dimension dim (None: not
+    vmapped)."""
+    if dim is not None and dim % tensor.dim() <= i:
+        i += 1
+    return tensor.shape[i]
 
 
 def _vmap_rule(op, tensors, size_arg=None):
     """The rule of an op whose first `tensors` arguments are batched tensors (and whose
     argument size_arg, if any, is affine_grid's size, whose N grows with the batch)."""
     def rule(info, in_dims, *args):
+        n = _sample_size(args[0], in_dims[0], 0)  # every tensor argument's and output's N
         args = [_fold(info, a, d) for a, d in zip(args[:tensors], in_dims)] + list(args[tensors:])
         if size_arg is not None:
             args[size_arg] = [info.batch_size * args[size_arg][0], *args[size_arg][1:]]
         out = op(*args)
         if isinstance(out, torch.Tensor):
-            return _unfold(info, out), 0
-        return tuple(_unfold(info, o) for o in out), tuple(None if o is None else 0 for o in out)
+            return _unfold(info, out, n), 0
+        return tuple(_unfold(info, o, n) for o in out), tuple(None if o is None else 0 for o in out)
     return rule
 
 
@@ -137,7 +147,7 @@ def _grid_sample_rule(info, in_dims, input, grid, *options):
     if in_dims[0] is not None:
         return _fold_rule(info, in_dims, input, grid, *options)
     output = ops.grid_sample(input, _fold(info, grid, in_dims[1], 1), *options)
-    return _unfold(info, output, 2), 0
+    return _unfold(info, output, _sample_size(grid, in_dims[1], 1), 2), 0
 
 
 def _grid_sample_backward_rule(info, in_dims, grad_output, input, grid, *options):
@@ -147,7 +157,7 @@ def _grid_sample_backward_rule(info, in_dims, grad_output, input, grid, *options
     _, grad_grid = ops.grid_sample_backward(
         _fold(info, grad_output, in_dims[0], 2), input,
         _fold(info, grid, in_dims[2], 1), *options)
-    return (None, _unfold(info, grad_grid, 1)), (None, 0)
+    return (None, _unfold(info, grad_grid, _sample_size(grid, in_dims[2], 1), 1)), (None, 0)
 
 
 torch.library.register_vmap("stn_cuda::grid_sample", _grid_sample_rule)

@@ -95,6 +95,32 @@ def test_vmap_is_a_loop_over_the_vmapped_dimension(device, mode, no_loop_warning
             assert_all_close([got], [torch.stack([ours(*sample(k)) for k in range(3)])])
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_vmap_over_an_empty_batch(device, mode, no_loop_warnings):
+    """vmap over 0 samples, by every rule: outputs and gradients of 0 samples of one sample's
+    shape (where torch's vmap of F.grid_sample over grids alone, as of 2.14, gives H_out 0)."""
+    def none(t):  # t's samples along a new dimension 1, of which there are none
+        return t[:, None][:, :0]
+
+    def as_list(out):
+        return list(out) if isinstance(out, tuple) else [out]
+
+    input, geometry = inputs(device)
+    for name, ours, theirs in samplers(mode, "zeros", False):
+        def loss(fn):
+            return grad(lambda x, g: fn(x, g).sin().sum(), argnums=(0, 1))
+
+        for in_dims, args in [((None, 1), (input, none(geometry[name]))),
+                              ((1, 1), (none(input), none(geometry[name]))),
+                              ((1, None), (none(input), geometry[name]))]:
+            for fn, ref_fn in [(ours, theirs), (loss(ours), loss(theirs))]:
+                one_sample = as_list(ref_fn(input, geometry[name]))
+                assert ([tuple(g.shape) for g in as_list(vmap(fn, in_dims)(*args))] ==
+                        [(0, *o.shape) for o in one_sample]), (name, in_dims)
+    affine_grid = functools.partial(stn_cuda.affine_grid, size=(2, 3, 4, 5))
+    assert vmap(affine_grid, in_dims=1)(none(random_theta(2, device=device))).shape == (0, 2, 4, 5, 2)
+
+
 class _StnCalls(TorchDispatchMode):
     """Records the tensor arguments of every stn_cuda op called under it."""
     def __init__(self):
