@@ -26,10 +26,10 @@ _PADDING_MODES = {"zeros": 0, "border": 1, "reflection": 2}
 
 
 def _mode_codes(fn: str, mode: str, padding_mode: str):
-    if mode not in _MODES:
+    if not isinstance(mode, str) or mode not in _MODES:
         raise ValueError(
             f"stn_cuda.{fn}(): expected mode to be 'bilinear', 'nearest' or 'bicubic', got {mode!r}")
-    if padding_mode not in _PADDING_MODES:
+    if not isinstance(padding_mode, str) or padding_mode not in _PADDING_MODES:
         raise ValueError(
             f"stn_cuda.{fn}(): expected padding_mode to be 'zeros', 'border' or 'reflection', "
             f"got {padding_mode!r}")
@@ -42,12 +42,19 @@ def _type_name(value) -> str:
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
+def _warn(message: str, stacklevel: int):
+    """warnings.warn(message, stacklevel) from the calling function, as torch's functions warn;
+    not while torch.compile traces, which cannot trace warnings.warn in a full graph."""
+    if not torch.compiler.is_compiling():
+        warnings.warn(message, stacklevel=stacklevel + 1)
+
+
 def _align_corners(fn: str, align_corners) -> bool:
     """align_corners as torch takes it: a bool, or None for False, with torch's warning."""
     if align_corners is None:
-        warnings.warn("Default grid_sample and affine_grid behavior has changed to align_corners=False since "
-                      "1.3.0. Please specify align_corners=True if the old behavior is desired. See the "
-                      "documentation of grid_sample for details.", stacklevel=3)
+        _warn("Default grid_sample and affine_grid behavior has changed to align_corners=False since "
+              "1.3.0. Please specify align_corners=True if the old behavior is desired. See the "
+              "documentation of grid_sample for details.", stacklevel=3)
         return False
     if not isinstance(align_corners, bool):
         raise TypeError(f"stn_cuda.{fn}(): expected align_corners to be a bool, got {_type_name(align_corners)}")
@@ -140,7 +147,12 @@ def affine_grid(theta: torch.Tensor, size: Sequence[int],
     if theta.shape[0] != size[0]:
         raise ValueError(
             f"stn_cuda.affine_grid(): expected theta's batch size {theta.shape[0]} to equal size[0], {size[0]}")
-    return differentiable_ops().affine_grid(theta, size, _align_corners("affine_grid", align_corners))
+    align_corners = _align_corners("affine_grid", align_corners)
+    if align_corners and min(size[2:]) == 1:
+        _warn("Since version 1.3.0, affine_grid behavior has changed for unit-size grids when "
+              "align_corners=True. This is not an intended use case of affine_grid. See the "
+              "documentation of affine_grid for details.", stacklevel=2)
+    return differentiable_ops().affine_grid(theta, size, align_corners)
 
 
 def affine_sample(input: torch.Tensor, theta: torch.Tensor, out_size: Optional[Sequence[int]] = None,

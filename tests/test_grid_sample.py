@@ -312,6 +312,12 @@ def test_default_arguments_match_torch(device):
         ours = stn_cuda.grid_sample(input, grid, align_corners=None)
     assert warned[0].filename == __file__  # the caller's line
     torch.testing.assert_close(ours, F.grid_sample(input, grid, align_corners=False))
+    theta = random_theta(1, device=device)
+    with pytest.warns(UserWarning, match="unit-size grids when align_corners=True") as warned:  # as torch
+        ours = stn_cuda.affine_grid(theta, (1, 2, 1, 3), align_corners=True)
+    assert warned[0].filename == __file__
+    with pytest.warns(UserWarning, match="unit-size grids"):
+        torch.testing.assert_close(ours, F.affine_grid(theta, (1, 2, 1, 3), align_corners=True))
 
 
 @pytest.mark.parametrize("mode_code", [0, 2], ids=["bilinear", "bicubic"])
@@ -352,6 +358,10 @@ BAD_CALLS = [
     ("integer grid", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), torch.ones(1, 2, 2, 2, dtype=torch.int64)), TypeError, "grid"),
     ("unknown mode", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), mode="linear"), ValueError, "mode"),
     ("unknown padding", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), padding_mode="wrap"), ValueError, "padding_mode"),
+    ("mode a list", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), mode=["bilinear"]), ValueError,
+     r"expected mode to be 'bilinear', 'nearest' or 'bicubic', got \['bilinear'\]"),
+    ("padding None", lambda: stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), padding_mode=None), ValueError,
+     "expected padding_mode to be 'zeros', 'border' or 'reflection', got None"),
     ("empty spatial input", lambda: stn_cuda.grid_sample(_x(1, 3, 0, 4), _x(1, 2, 2, 2)), ValueError, "spatial"),
     ("not a tensor", lambda: stn_cuda.grid_sample([[1.0]], _x(1, 2, 2, 2)), TypeError, "input to be a torch.Tensor, got list"),
     ("raw op bad mode", lambda: torch.ops.stn_cuda.grid_sample(_x(1, 3, 4, 4), _x(1, 2, 2, 2), 3, 0, False), ValueError, "interpolation_mode"),
