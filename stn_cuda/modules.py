@@ -5,9 +5,11 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .functional import affine_sample
+from .functional import _align_corners, _integers, _mode_codes, _out_size, affine_sample
 
 __all__ = ["SpatialTransformer", "identity_head"]
+
+_NAME = "SpatialTransformer"
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -51,16 +53,17 @@ class SpatialTransformer(nn.Module):
                  localization: Optional[nn.Module] = None, padding_mode: str = "zeros",
                  align_corners: bool = False):
         super().__init__()
-        if int(in_channels) <= 0:
-            raise ValueError(f"SpatialTransformer: expected in_channels > 0, got {in_channels}")
+        # The arguments are checked here, as affine_sample would check them at the first call.
+        (in_channels,) = _integers(_NAME, (in_channels,), "in_channels")
+        if in_channels <= 0:
+            raise ValueError(f"stn_cuda.{_NAME}(): expected in_channels to be positive, got {in_channels}")
         if out_size is not None:
-            out_size = tuple(int(s) for s in out_size)
-            if len(out_size) != 2 or min(out_size) <= 0:
-                raise ValueError(f"SpatialTransformer: expected out_size (H_out, W_out) > 0, got {out_size}")
-        self.in_channels = int(in_channels)
+            out_size = tuple(_out_size(_NAME, out_size, "out_size", 2, "for an image"))
+        _mode_codes(_NAME, "bilinear", padding_mode)
+        self.in_channels = in_channels
         self.out_size = out_size
         self.padding_mode = padding_mode
-        self.align_corners = align_corners
+        self.align_corners = _align_corners(_NAME, align_corners)
         self.localization = localization if localization is not None else default_localization(in_channels)
 
     def theta(self, x: torch.Tensor) -> torch.Tensor:

@@ -264,10 +264,21 @@ def test_module_with_user_localisation_net(device):
 
 
 def test_module_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="in_channels"):
-        stn_cuda.SpatialTransformer(0)
-    with pytest.raises(ValueError, match="out_size"):
-        stn_cuda.SpatialTransformer(1, out_size=(0, 3))
+    """At construction, with the functions' errors, where it would otherwise fail (or round)
+    at the first call."""
+    for kwargs, error, words in [
+        (dict(in_channels=0), ValueError, "in_channels to be positive"),
+        (dict(in_channels=2.5), TypeError, "in_channels to hold integers"),
+        (dict(in_channels=1, out_size=(0, 3)), ValueError, "out_size to be positive"),
+        (dict(in_channels=1, out_size=(3.7, 4)), TypeError, r"out_size to hold integers, got \(3.7, 4\)"),
+        (dict(in_channels=1, out_size=4), TypeError, "out_size to be a tuple or list of ints, got int"),
+        (dict(in_channels=1, out_size=(4, 4, 4)), ValueError, r"out_size to be \(H_out, W_out\)"),
+        (dict(in_channels=1, padding_mode="wrap"), ValueError, "padding_mode to be 'zeros'"),
+        (dict(in_channels=1, align_corners=1), TypeError, "align_corners to be a bool, got int"),
+    ]:
+        with pytest.raises(error, match=r"stn_cuda\.SpatialTransformer\(\): expected " + words):
+            stn_cuda.SpatialTransformer(**kwargs)
+    assert stn_cuda.SpatialTransformer(torch.tensor(3), out_size=torch.Size([4, 5])).out_size == (4, 5)
     stn = stn_cuda.SpatialTransformer(3)
     with pytest.raises(ValueError, match="input"):
         stn(torch.randn(2, 4, 8, 8))
