@@ -25,7 +25,7 @@ Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolatio
   return op.call(input, grid, interpolation_mode, padding_mode, align_corners);
 }
 
-Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef out_size,
+Tensor affine_sample(const Tensor& input, const Tensor& theta, c10::SymIntArrayRef out_size,
                      int64_t interpolation_mode, int64_t padding_mode, bool align_corners) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("stn_cuda::affine_sample", "")

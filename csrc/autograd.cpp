@@ -126,12 +126,12 @@ struct GridSample : torch::autograd::Function<GridSample> {
 struct AffineSample : torch::autograd::Function<AffineSample> {
   static const auto& kernel() {
     static const auto handle =
-        op<Tensor(const Tensor&, const Tensor&, at::IntArrayRef, int64_t, int64_t, bool)>(
+        op<Tensor(const Tensor&, const Tensor&, c10::SymIntArrayRef, int64_t, int64_t, bool)>(
             "stn_cuda::affine_sample");
     return handle;
   }
   static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& theta,
-                        at::IntArrayRef out_size, int64_t interpolation, int64_t padding,
+                        c10::SymIntArrayRef out_size, int64_t interpolation, int64_t padding,
                         bool align_corners) {
     ctx->save_for_backward({input, theta});
     save_sampling(ctx, interpolation, padding, align_corners);
@@ -147,10 +147,10 @@ struct AffineSample : torch::autograd::Function<AffineSample> {
 struct AffineGrid : torch::autograd::Function<AffineGrid> {
   static const auto& kernel() {
     static const auto handle =
-        op<Tensor(const Tensor&, at::IntArrayRef, bool)>("stn_cuda::affine_grid");
+        op<Tensor(const Tensor&, c10::SymIntArrayRef, bool)>("stn_cuda::affine_grid");
     return handle;
   }
-  static Tensor forward(AutogradContext* ctx, const Tensor& theta, at::IntArrayRef size,
+  static Tensor forward(AutogradContext* ctx, const Tensor& theta, c10::SymIntArrayRef size,
                         bool align_corners) {
     ctx->saved_data["align_corners"] = align_corners;
     return call_below_autograd(kernel(), theta, size, align_corners);
@@ -173,7 +173,7 @@ Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolatio
   return GridSample::apply(input, grid, interpolation, padding, align_corners);
 }
 
-Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef out_size,
+Tensor affine_sample(const Tensor& input, const Tensor& theta, c10::SymIntArrayRef out_size,
                      int64_t interpolation, int64_t padding, bool align_corners) {
   if (!records_graph(input, theta)) {
     return call_below_autograd(AffineSample::kernel(), input, theta, out_size, interpolation,
@@ -182,7 +182,7 @@ Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef o
   return AffineSample::apply(input, theta, out_size, interpolation, padding, align_corners);
 }
 
-Tensor affine_grid(const Tensor& theta, at::IntArrayRef size, bool align_corners) {
+Tensor affine_grid(const Tensor& theta, c10::SymIntArrayRef size, bool align_corners) {
   if (!records_graph(theta)) {
     return call_below_autograd(AffineGrid::kernel(), theta, size, align_corners);
   }

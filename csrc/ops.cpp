@@ -373,9 +373,9 @@ TORCH_LIBRARY(stn_cuda, m) {
   m.def("grid_sample_backward(Tensor grad_output, Tensor input, Tensor grid, "
         "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask, "
         "bool deterministic=False) -> (Tensor, Tensor)");
-  m.def("affine_grid(Tensor theta, int[] size, bool align_corners) -> Tensor");
+  m.def("affine_grid(Tensor theta, SymInt[] size, bool align_corners) -> Tensor");
   m.def("affine_grid_backward(Tensor grad_grid, bool align_corners) -> Tensor");
-  m.def("affine_sample(Tensor input, Tensor theta, int[] out_size, "
+  m.def("affine_sample(Tensor input, Tensor theta, SymInt[] out_size, "
         "int interpolation_mode, int padding_mode, bool align_corners) -> Tensor");
   m.def("affine_sample_backward(Tensor grad_output, Tensor input, Tensor theta, "
         "int interpolation_mode, int padding_mode, bool align_corners, bool[2] output_mask, "

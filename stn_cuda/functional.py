@@ -96,11 +96,12 @@ _SPATIAL = {2: "(H_out, W_out)", 3: "(D_out, H_out, W_out)"}
 
 def _integers(fn: str, size: Sequence[int], name: str) -> list:
     """size's entries as ints; a float or anything else that is not an integer is an error, as in torch,
-    and so is a size that is not a tuple or list (a tensor, an array)."""
+    and so is a size that is not a tuple or list (a tensor, an array). A symbolic size (torch.SymInt,
+    under torch.compile) stays symbolic, so that a graph serves every size."""
     if not isinstance(size, (tuple, list)):  # torch.Size is a tuple
         raise TypeError(f"stn_cuda.{fn}(): expected {name} to be a tuple or list of ints, got {_type_name(size)}")
     try:
-        return [operator.index(s) for s in size]
+        return [s if isinstance(s, (int, torch.SymInt)) else operator.index(s) for s in size]
     except TypeError:
         raise TypeError(f"stn_cuda.{fn}(): expected {name} to hold integers, got {tuple(size)}") from None
 

@@ -87,6 +87,31 @@ def test_compile_under_autocast(device):
     check_compiles(device, "aot_eager", autocast_dtype=torch.bfloat16)
 
 
+def every_size(x, theta):
+    """Sizes from x's shape through every op that takes one: a graph of symbolic sizes."""
+    h, w = x.shape[2:]
+    grid = stn_cuda.affine_grid(theta, (x.shape[0], x.shape[1], h + 1, w // 2))
+    return stn_cuda.affine_sample(x, theta, (h // 2, w)).sum() + stn_cuda.grid_sample(x, grid).sum()
+
+
+def test_one_graph_serves_every_size(device):
+    """affine_grid's size and affine_sample's out_size are symbolic (SymInt[]): a graph compiled
+    with dynamic shapes serves other sizes without a recompile (which fails the test), with
+    eager's values and gradients; torch.export of the module takes dynamic sizes."""
+    torch._dynamo.reset()
+    theta = random_theta(3, torch.float32, device)
+    compiled = torch.compile(every_size, backend="aot_eager", fullgraph=True, dynamic=True)
+    for size in [(9, 10), (12, 7), (16, 21)]:
+        x = torch.randn(3, 2, *size, device=device)
+        with torch._dynamo.config.patch(error_on_recompile=size != (9, 10)):
+            check_against(compiled, every_size, (x.requires_grad_(), theta.requires_grad_()), atol=1e-4, rtol=1e-4)
+    stn = stn_cuda.SpatialTransformer(2).to(device).eval()
+    dims = {0: torch.export.Dim("n"), 2: torch.export.Dim("h", min=4), 3: torch.export.Dim("w", min=4)}
+    exported = torch.export.export(stn, (torch.randn(2, 2, 8, 8, device=device),), dynamic_shapes={"x": dims})
+    x = torch.randn(3, 2, 11, 17, device=device)
+    torch.testing.assert_close(exported.module()(x), stn(x))
+
+
 # -- torch.autocast -------------------------------------------------------------------------
 
 def under_autocast(fn, device, dtype):
