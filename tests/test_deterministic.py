@@ -433,6 +433,33 @@ def test_opcheck(device, dims, mode):
                           (go, x, theta, MODES[mode], 0, False, [True, False], True))
 
 
+def test_compiled_code_follows_the_flag(device):
+    """torch.compile traces the backward with the flag's value at that time: compiled code is
+    guarded on it, and set_deterministic recompiles it (a graph per value, each reused)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    traced = []  # per backward graph compiled: the flags of its backward ops
+
+    def backward_flags(gm, _):
+        traced.append([n.args[7] if len(n.args) > 7 else n.kwargs.get("deterministic", False)
+                       for n in gm.graph.nodes if "sample_backward" in str(n.target)])
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 6, 6, device=device, requires_grad=True)
+    g = uniform((2, 4, 4, 2), device, -1, 1, torch.float32).requires_grad_()
+    theta = random_theta(2, torch.float32, device).requires_grad_()
+    fn = torch.compile(lambda x, g, t: stn_cuda.grid_sample(x, g).sum() + stn_cuda.affine_sample(x, t).sum(),
+                       backend=aot_autograd(fw_compiler=lambda gm, _: make_boxed_func(gm.forward),
+                                            bw_compiler=backward_flags),
+                       fullgraph=True)
+    for flag in (False, True, False, True):
+        with stn_cuda.deterministic(flag):
+            fn(x, g, theta).backward()
+    assert traced == [[False, False], [True, True]]
+
+
 def test_double_backward_under_the_flag(device):
     """A gradient penalty through grad_input differentiates the deterministic backward."""
     x = torch.randn(2, 3, 6, 7, dtype=torch.float64, device=device, requires_grad=True)
