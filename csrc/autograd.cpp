@@ -30,18 +30,15 @@ std::atomic<bool> deterministic_flag{false};
 void set_deterministic(bool enabled) { deterministic_flag.store(enabled); }
 bool is_deterministic() { return deterministic_flag.load(); }
 
+bool backward_is_deterministic(const at::Tensor& input) {
+  return is_deterministic() || (input.is_cuda() && at::globalContext().deterministicAlgorithms());
+}
+
 namespace {
 
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// Whether a sampler's backward on input runs the deterministic path: where
-// stn_cuda.set_deterministic asks for it, and on CUDA under
-// torch.use_deterministic_algorithms, as torch's own ops do.
-bool backward_is_deterministic(const Tensor& input) {
-  return is_deterministic() || (input.is_cuda() && at::globalContext().deterministicAlgorithms());
-}
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {

@@ -196,6 +196,14 @@ Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
   return t.defined() ? t.to(dtype) : t;
 }
 
+// Whether a sampler's backward takes the deterministic path: where its call asks
+// for it, and where the flags in force now do. A call recorded by torch.compile
+// holds the flags of the time it was traced (and torch may reuse a cached
+// trace), so set_deterministic(True) after that still reaches it here.
+bool deterministic_now(bool asked, const Tensor& input) {
+  return asked || backward_is_deterministic(input);
+}
+
 // The kernels for t's device, for images (dims 2) or volumes (dims 3).
 const Kernels& kernels_for(const Tensor& t, int64_t dims) {
 #ifdef STN_CUDA_KERNELS
@@ -256,6 +264,7 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
   check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   const int64_t dims = spatial_dims(input);
   check_grad_output(op, grad_output, input, grid.sizes().slice(1, dims));
+  deterministic = deterministic_now(deterministic, input);
   const Tensor in = backward_input(input, output_mask[0]);
   Tensor grad_input = output_mask[0] ? grad_input_buffer(in, grad_output, deterministic) : Tensor();
   Tensor grad_grid =
@@ -352,6 +361,7 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
   TORCH_CHECK_VALUE(grad_output.defined() && grad_output.dim() == input.dim(), op,
                     ": expected grad_output to be ", input.dim(), "-D like input");
   check_grad_output(op, grad_output, input, grad_output.sizes().slice(2));
+  deterministic = deterministic_now(deterministic, input);
   const Tensor in = backward_input(input, output_mask[0]);
   Tensor grad_input = output_mask[0] ? grad_input_buffer(in, grad_output, deterministic) : Tensor();
   Tensor grad_theta = output_mask[1] ? zeros_acc(theta) : Tensor();

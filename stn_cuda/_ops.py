@@ -11,7 +11,7 @@ import torch
 from torch.autograd import forward_ad
 
 from . import _C  # noqa: F401  (loads the library, registering torch.ops.stn_cuda)
-from . import _reference, determinism
+from . import _reference
 
 ops = torch.ops.stn_cuda
 
@@ -27,11 +27,6 @@ def differentiable_ops():
     """The ops as a differentiable computation calls them: torch.ops', or while a
     torch.func transform is active or a forward-AD dual level open, functorch_ops
     (torch.compile takes the test for a constant)."""
-    if torch.compiler.is_compiling() and determinism.is_deterministic():
-        # The backward that torch.compile traces takes the deterministic flag's value at that
-        # time. A branch on the flag (a bare read is not enough) guards the compiled code on
-        # it, so that set_deterministic recompiles it rather than go unseen.
-        pass
     if torch._C._are_functorch_transforms_active() or forward_ad._current_level >= 0:
         return functorch_ops
     return ops

@@ -101,7 +101,9 @@ def _integers(fn: str, size: Sequence[int], name: str) -> list:
     if not isinstance(size, (tuple, list)):  # torch.Size is a tuple
         raise TypeError(f"stn_cuda.{fn}(): expected {name} to be a tuple or list of ints, got {_type_name(size)}")
     try:
-        return [s if isinstance(s, (int, torch.SymInt)) else operator.index(s) for s in size]
+        # type() rather than isinstance: a bool is an int to convert; torch.compile traces a
+        # SymInt as an int.
+        return [s if type(s) is int or isinstance(s, torch.SymInt) else operator.index(s) for s in size]
     except TypeError:
         raise TypeError(f"stn_cuda.{fn}(): expected {name} to hold integers, got {tuple(size)}") from None
 

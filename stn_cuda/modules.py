@@ -1,11 +1,12 @@
 """The spatial transformer as an nn.Module: localisation net -> theta -> grid
 generator + sampler (fused, stn_cuda.affine_sample)."""
+import operator
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
-from .functional import _align_corners, _integers, _mode_codes, _out_size, affine_sample
+from .functional import _align_corners, _mode_codes, _out_size, _type_name, affine_sample
 
 __all__ = ["SpatialTransformer", "identity_head"]
 
@@ -54,7 +55,11 @@ class SpatialTransformer(nn.Module):
                  align_corners: bool = False):
         super().__init__()
         # The arguments are checked here, as affine_sample would check them at the first call.
-        (in_channels,) = _integers(_NAME, (in_channels,), "in_channels")
+        try:
+            in_channels = operator.index(in_channels)
+        except TypeError:
+            raise TypeError(f"stn_cuda.{_NAME}(): expected in_channels to be an int, "
+                            f"got {_type_name(in_channels)}") from None
         if in_channels <= 0:
             raise ValueError(f"stn_cuda.{_NAME}(): expected in_channels to be positive, got {in_channels}")
         if out_size is not None:
@@ -71,14 +76,15 @@ class SpatialTransformer(nn.Module):
         theta = self.localization(x)
         if theta.numel() != x.shape[0] * 6:
             raise ValueError(
-                f"SpatialTransformer: the localisation net must output 6 values per sample, got shape {tuple(theta.shape)}")
+                f"stn_cuda.{_NAME}: the localisation net must output 6 values per sample, got shape "
+                f"{tuple(theta.shape)}")
         return theta.reshape(x.shape[0], 2, 3)
 
     def forward(self, x: torch.Tensor, return_theta: bool = False
                 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
-                f"SpatialTransformer: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+                f"stn_cuda.{_NAME}: expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         theta = self.theta(x)
         out = affine_sample(x, theta.to(x.dtype), self.out_size, padding_mode=self.padding_mode,
                             align_corners=self.align_corners)

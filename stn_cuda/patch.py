@@ -57,7 +57,7 @@ def _grid_sample_supported(input, grid, mode, padding_mode, align_corners) -> bo
 
 def _affine_grid_supported(theta, size, align_corners) -> bool:
     return (isinstance(align_corners, bool) and _supported(theta)
-            and all(isinstance(s, int) for s in size)
+            and all(isinstance(s, (int, torch.SymInt)) for s in size)
             and len(size) in (4, 5) and theta.dim() == 3 and theta.shape[1:] == (len(size) - 2, len(size) - 1)
             and size[0] == theta.shape[0] and min(size) > 0
             # torch warns about unit-size grids with align_corners=True

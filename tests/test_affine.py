@@ -268,7 +268,7 @@ def test_module_rejects_bad_arguments():
     at the first call."""
     for kwargs, error, words in [
         (dict(in_channels=0), ValueError, "in_channels to be positive"),
-        (dict(in_channels=2.5), TypeError, "in_channels to hold integers"),
+        (dict(in_channels=2.5), TypeError, "in_channels to be an int, got float"),
         (dict(in_channels=1, out_size=(0, 3)), ValueError, "out_size to be positive"),
         (dict(in_channels=1, out_size=(3.7, 4)), TypeError, r"out_size to hold integers, got \(3.7, 4\)"),
         (dict(in_channels=1, out_size=4), TypeError, "out_size to be a tuple or list of ints, got int"),

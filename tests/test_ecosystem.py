@@ -94,7 +94,7 @@ def every_size(x, theta):
     return stn_cuda.affine_sample(x, theta, (h // 2, w)).sum() + stn_cuda.grid_sample(x, grid).sum()
 
 
-def test_one_graph_serves_every_size(device):
+def test_compiled_graph_serves_every_size(device):
     """affine_grid's size and affine_sample's out_size are symbolic (SymInt[]): a graph compiled
     with dynamic shapes serves other sizes without a recompile (which fails the test), with
     eager's values and gradients; torch.export of the module takes dynamic sizes."""
