@@ -44,7 +44,7 @@ class SpatialTransformer(nn.Module):
         out_size: (H_out, W_out) of the output V; defaults to the input's size.
         localization: a module mapping U to theta, shaped (N, 6) or (N, 2, 3). By
             default, small conv layers with a fully connected head that starts at
-            the identity transform, so that at initialisation V == U.
+            the identity transform, so that at initialisation V == U (to rounding).
         padding_mode, align_corners: as in torch.nn.functional.grid_sample.
 
     forward(U, return_theta=False) returns V, or (V, theta) with theta (N, 2, 3).
