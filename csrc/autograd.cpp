@@ -10,29 +10,16 @@
 // inputs and options; its backward calls the backward op for the gradients
 // that are needed alone (output_mask), straight to the kernel unless a graph of
 // the backward is being recorded.
-#include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <array>
-#include <atomic>
 #include <utility>
 
 #include "kernels.h"
 
 namespace stn {
-
-namespace {
-std::atomic<bool> deterministic_flag{false};
-}  // namespace
-
-void set_deterministic(bool enabled) { deterministic_flag.store(enabled); }
-bool is_deterministic() { return deterministic_flag.load(); }
-
-bool backward_is_deterministic(const at::Tensor& input) {
-  return is_deterministic() || (input.is_cuda() && at::globalContext().deterministicAlgorithms());
-}
 
 namespace {
 
@@ -92,7 +79,7 @@ variable_list sampler_backward(AutogradContext* ctx,
       backward, grad_output, saved[0], saved[1], d.at("interpolation").toInt(),
       d.at("padding").toInt(), d.at("align_corners").toBool(),
       std::array<bool, 2>{ctx->needs_input_grad(0), ctx->needs_input_grad(1)},
-      backward_is_deterministic(saved[0]));
+      /*deterministic=*/false);  // unless the flags in force ask for it (ops.cpp)
   variable_list grads{std::move(grad_input), std::move(grad_source)};
   grads.resize(2 + options);
   return grads;

@@ -47,14 +47,6 @@ Tuning tuning();
 // Whether this CPU and build have cpu_gathers' gathers (cpu/sampler_cpu.cpp).
 bool cpu_has_gathers();
 
-// stn_cuda.set_deterministic's flag (autograd.cpp).
-void set_deterministic(bool enabled);
-bool is_deterministic();
-// Whether the flags in force ask a sampler's backward on `input` for the
-// deterministic path: stn_cuda.set_deterministic, and on CUDA
-// torch.use_deterministic_algorithms, as torch's own ops do.
-bool backward_is_deterministic(const at::Tensor& input);
-
 struct Kernels {
   void (*grid_sample_forward)(const at::Tensor& input, const at::Tensor& grid,
                               const at::Tensor& output, Sampling sampling);

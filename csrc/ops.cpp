@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <ATen/record_function.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
@@ -196,12 +197,17 @@ Tensor to_dtype(const Tensor& t, at::ScalarType dtype) {
   return t.defined() ? t.to(dtype) : t;
 }
 
+// stn_cuda.set_deterministic's flag (_C.set_deterministic, below).
+std::atomic<bool> deterministic_flag{false};
+
 // Whether a sampler's backward takes the deterministic path: where its call asks
-// for it, and where the flags in force now do. A call recorded by torch.compile
-// holds the flags of the time it was traced (and torch may reuse a cached
-// trace), so set_deterministic(True) after that still reaches it here.
+// for it (the op's `deterministic`), where stn_cuda.set_deterministic does, and
+// on CUDA where torch.use_deterministic_algorithms does, as for torch's own ops.
+// Decided here, as the backward runs, alone: a call recorded by torch.compile
+// (or a trace torch cached) holds no flags of the time it was traced.
 bool deterministic_now(bool asked, const Tensor& input) {
-  return asked || backward_is_deterministic(input);
+  return asked || deterministic_flag.load() ||
+         (input.is_cuda() && at::globalContext().deterministicAlgorithms());
 }
 
 // The kernels for t's device, for images (dims 2) or volumes (dims 3).
@@ -228,6 +234,8 @@ void run_backward(decltype(Kernels::grid_sample_backward) backward, const Tensor
   if (!deterministic) {
     return backward(grad_output, input, source, grad_input, grad_source, sampling, false);
   }
+  // A scope for torch.profiler (and the tests) to see the path by.
+  RECORD_FUNCTION("stn_cuda::deterministic_backward", c10::ArrayRef<const c10::IValue>{});
   if (grad_input.defined()) {
     TORCH_INTERNAL_ASSERT(gathers_grad_input(grad_output, deterministic));  // its buffer's rule
     gather_grad_input(grad_output, input, source, grad_input, sampling);
@@ -458,11 +466,13 @@ PyObject* get_tuning(PyObject*, PyObject* arg) {
 PyObject* set_deterministic(PyObject*, PyObject* arg) {
   const int enabled = PyObject_IsTrue(arg);
   if (enabled < 0) return nullptr;
-  stn::set_deterministic(enabled != 0);
+  stn::deterministic_flag.store(enabled != 0);
   Py_RETURN_NONE;
 }
 
-PyObject* is_deterministic(PyObject*, PyObject*) { return PyBool_FromLong(stn::is_deterministic()); }
+PyObject* is_deterministic(PyObject*, PyObject*) {
+  return PyBool_FromLong(stn::deterministic_flag.load());
+}
 
 PyObject* cpu_has_gathers(PyObject*, PyObject*) { return PyBool_FromLong(stn::cpu_has_gathers()); }
 

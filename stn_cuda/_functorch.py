@@ -15,14 +15,8 @@ linear ops) does; the samplers refuse it, as torch's grid_sample does.
 import torch
 
 from . import _ops
-from .determinism import is_deterministic
 
 ops = _ops.ops
-
-
-def _backward_is_deterministic(input):
-    # As csrc/autograd.cpp's backward_is_deterministic decides it.
-    return is_deterministic() or (input.is_cuda and torch.are_deterministic_algorithms_enabled())
 
 
 def _no_jvp(name):
@@ -54,8 +48,7 @@ def _sampler_backward(backward_op):
         input, source = (t.to(grad_output.dtype) for t in ctx.saved_tensors)
         sampling = ctx.options[-3:]  # interpolation, padding, align_corners
         grads = getattr(_ops.functorch_ops, backward_op)(
-            grad_output, input, source, *sampling, list(ctx.needs_input_grad[:2]),
-            _backward_is_deterministic(input))
+            grad_output, input, source, *sampling, list(ctx.needs_input_grad[:2]))
         return (*grads, *(None for _ in ctx.options))
     return backward
 

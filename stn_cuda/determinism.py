@@ -26,7 +26,7 @@ from . import _C
 __all__ = ["set_deterministic", "is_deterministic", "deterministic"]
 
 
-# The flag is the extension's (its backward reads it: csrc/autograd.cpp); this copy lets
+# The flag is the extension's (the backward ops read it: csrc/ops.cpp); this copy lets
 # is_deterministic() be traced by torch.compile, which cannot look into _C.
 _enabled = False
 

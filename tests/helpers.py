@@ -144,3 +144,11 @@ class Ops(TorchDispatchMode):
     @property
     def namespaces(self):
         return {name.split("::")[0] for name in self.names}
+
+
+def deterministic_backwards(fn):
+    """How many backward op calls took the deterministic path while fn() ran, as the
+    profiler sees them by their scope (csrc/ops.cpp, run_backward)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(event.name == "stn_cuda::deterministic_backward" for event in prof.events())

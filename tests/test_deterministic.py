@@ -11,10 +11,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import stn_cuda
-from helpers import grads, random_theta, special_grid, torch_affine_sample
+from helpers import deterministic_backwards, grads, random_theta, special_grid, torch_affine_sample
 from stn_cuda._ops import ops
 
 MODES = {"bilinear": 0, "nearest": 1, "bicubic": 2}
@@ -353,30 +352,15 @@ def test_affine_grid_backward_bitwise_repeatable(device, size):
 
 # -- what selects it ---------------------------------------------------------------------
 
-class BackwardFlags(TorchDispatchMode):
-    """Records the `deterministic` argument of every backward op call under it."""
-
-    def __init__(self):
-        super().__init__()
-        self.flags = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.name() in ("stn_cuda::grid_sample_backward", "stn_cuda::affine_sample_backward"):
-            self.flags.append(args[7] if len(args) > 7 else kwargs.get("deterministic", False))
-        return func(*args, **kwargs)
-
-
-def flags_of_backward(device, dims=2, mode="bilinear"):
-    """The deterministic flags that grid_sample's and affine_sample's backward pass."""
+def paths_of_backward(device, dims=2, mode="bilinear"):
+    """Whether grid_sample's and affine_sample's backward each took the deterministic path."""
     spatial = (4,) * dims
     x = torch.randn(2, 3, *spatial, device=device, requires_grad=True)
     g = uniform((2, *spatial, dims), device, -1, 1, torch.float32).requires_grad_()
     theta = (torch.eye(dims, dims + 1, device=device) + 0.1).repeat(2, 1, 1).requires_grad_()
-    with BackwardFlags() as rec:
-        stn_cuda.grid_sample(x, g, mode=mode).sum().backward()
-        stn_cuda.affine_sample(x, theta, spatial, mode=mode).sum().backward()
-    return rec.flags
+    losses = (lambda: stn_cuda.grid_sample(x, g, mode=mode).sum(),
+              lambda: stn_cuda.affine_sample(x, theta, spatial, mode=mode).sum())
+    return [deterministic_backwards(lambda: loss().backward()) == 1 for loss in losses]
 
 
 @contextlib.contextmanager
@@ -392,19 +376,32 @@ def torch_deterministic():
 
 def test_explicit_flag_selects_it(device):
     assert not stn_cuda.is_deterministic()
-    assert flags_of_backward(device) == [False, False]
+    assert paths_of_backward(device) == [False, False]
     with stn_cuda.deterministic():
         assert stn_cuda.is_deterministic()
-        assert flags_of_backward(device) == [True, True]
+        assert paths_of_backward(device) == [True, True]
         with stn_cuda.deterministic(False):
-            assert flags_of_backward(device) == [False, False]
+            assert paths_of_backward(device) == [False, False]
     assert not stn_cuda.is_deterministic()
     stn_cuda.set_deterministic(True)
     try:
-        assert flags_of_backward(device, mode="nearest") == [True, True]
+        assert paths_of_backward(device, mode="nearest") == [True, True]
     finally:
         stn_cuda.set_deterministic(False)
-    assert flags_of_backward(device) == [False, False]
+    assert paths_of_backward(device) == [False, False]
+
+
+def test_the_ops_argument_selects_it(device):
+    """A backward op called directly takes it where its `deterministic` asks."""
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=device)
+    g = uniform((2, 6, 7, 2), device, -1.2, 1.2)
+    go = torch.randn(2, 3, 6, 7, dtype=torch.float64, device=device)
+    theta = random_theta(2, device=device)
+    for asked in (False, True):
+        assert deterministic_backwards(
+            lambda: backward(go, x, g, "bilinear", "zeros", False, asked)) == asked
+        assert deterministic_backwards(
+            lambda: affine_backward(go, x, theta, "bicubic", "border", True, asked)) == asked
 
 
 @pytest.mark.parametrize("dims, mode", VARIANTS)
@@ -412,10 +409,10 @@ def test_every_input_and_mode_selects_it(device, dims, mode):
     """torch's deterministic mode selects it on CUDA only, where torch's grid_sample backward
     would raise; the CPU's usual backward is deterministic already."""
     with stn_cuda.deterministic():
-        assert flags_of_backward(device, dims, mode) == [True, True]
+        assert paths_of_backward(device, dims, mode) == [True, True]
     with torch_deterministic():
-        assert flags_of_backward(device, dims, mode) == [device == "cuda"] * 2
-    assert flags_of_backward(device, dims, mode) == [False, False]
+        assert paths_of_backward(device, dims, mode) == [device == "cuda"] * 2
+    assert paths_of_backward(device, dims, mode) == [False, False]
 
 
 # -- with the rest of the library ------------------------------------------------------------
@@ -434,10 +431,9 @@ def test_opcheck(device, dims, mode):
 
 
 def test_compiled_code_follows_the_flag(device):
-    """A backward compiled before set_deterministic(True) holds the flag of the time it was
-    traced (and torch's caches may hand that trace out again): the op reads the flag when it
-    runs, as eagerly, so it still takes the deterministic path (its bits on this input are not
-    the usual backward's, even on the CPU)."""
+    """A compiled backward follows the flag in force when it runs, not when it was traced
+    (torch's caches may hand a trace out again): the backward op reads the flag as it runs,
+    as eagerly. Each path is told by its bits, which differ on this input, even on the CPU."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 9, 9, device=device, requires_grad=True)
     g = uniform((2, 32, 32, 2), device, -0.2, 0.2, torch.float32).requires_grad_()  # many points a cell
@@ -455,6 +451,12 @@ def test_compiled_code_follows_the_flag(device):
     assert torch.equal(grad_input(compiled), usual)  # traced without the flag
     with stn_cuda.deterministic(), torch._dynamo.config.patch(error_on_recompile=True):
         assert torch.equal(grad_input(compiled), expected)
+    torch._dynamo.reset()
+    compiled = torch.compile(stn_cuda.grid_sample, backend="aot_eager", fullgraph=True)
+    with stn_cuda.deterministic():
+        assert torch.equal(grad_input(compiled), expected)  # traced with the flag
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert torch.equal(grad_input(compiled), usual)
 
 
 def test_double_backward_under_the_flag(device):

@@ -14,7 +14,7 @@ from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import stn_cuda
-from helpers import Ops, leaf, make, random_theta, torch_affine_sample
+from helpers import Ops, deterministic_backwards, leaf, make, random_theta, torch_affine_sample
 
 MODES = ["bilinear", "nearest", "bicubic"]
 
@@ -219,20 +219,14 @@ def test_volumes(device, no_loop_warnings):
 
 def test_deterministic_backward_under_torch_func(device):
     """stn_cuda.deterministic() reaches the backward under torch.func as it does under
-    autograd: the backward op is asked for the deterministic path."""
+    autograd: the backward op takes the deterministic path."""
     input, geometry = inputs(device)
-    recorded = []
-
-    class Backward(Ops):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.name() == "stn_cuda::grid_sample_backward":
-                recorded.append(args[7] if len(args) > 7 else False)  # a default is left out
-            return func(*args, **(kwargs or {}))
-
+    taken = []
     for enabled in (False, True):
-        with stn_cuda.deterministic(enabled), Backward():
-            grad(lambda g: stn_cuda.grid_sample(input, g).sum())(geometry["grid_sample"])
-    assert recorded == [False, True]
+        with stn_cuda.deterministic(enabled):
+            taken.append(deterministic_backwards(
+                lambda: grad(lambda g: stn_cuda.grid_sample(input, g).sum())(geometry["grid_sample"])))
+    assert taken == [0, 1]
 
 
 def test_through_patch_torch(device, no_loop_warnings):
