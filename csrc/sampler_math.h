@@ -125,10 +125,10 @@ STN_HD bool reflects_exactly(T coord, int64_t size) {
 // fmod needs no call: q = floor(in / span) is the quotient (or, should the
 // division round up to an integer, one more; never less), q * span and
 // in - q * span are exact, and in the second case adding span back is exact
-// too, fmod's result being representable. Farther out, and for every point
-// when kBounded (the caller has checked reflects_exactly: the CPU kernels'
-// loops vectorise only without the call), fmod itself, with the parity taken in
-// floating point so that huge coordinates are safe.
+// too, fmod's result being representable. With kBounded, every point takes
+// this path (the caller has checked reflects_exactly: the CPU kernels' loops
+// vectorise only without the call); farther out, fmod itself. The parity is
+// taken in floating point either way, so that huge coordinates are safe.
 template <bool kBounded = false, typename T>
 STN_HD Dual<T> reflect(Dual<T> p, int64_t twice_low, int64_t twice_high) {
   if (twice_low == twice_high) return {T(0), T(0)};
@@ -205,28 +205,38 @@ STN_HD index_t floor_pixel(T p) {
   return i - static_cast<index_t>(static_cast<T>(i) > p);
 }
 
-// kBounded: see reflect.
+// One axis of a source point: its lower neighbour, the weights of the lower
+// and upper neighbours (written as ATen writes them, e.g. w_west = x_east - x)
+// and d pixel / d coordinate. `not_finite` is NaN when any coordinate of the
+// point is, else 0: it sends the point outside. kBounded: see reflect.
+template <typename T, typename index_t>
+struct Linear {
+  index_t i0;
+  T w[2];
+  T d;
+};
+
+template <typename index_t, bool kBounded = false, typename T>
+STN_HD Linear<T, index_t> linear_axis(T coord, T not_finite, int64_t size, Padding padding,
+                                      bool align_corners) {
+  const Dual<T> p = source_pixel<kBounded>(coord, size, padding, align_corners);
+  const T v = clamp_pixel(p.val + not_finite, size);
+  Linear<T, index_t> a;
+  a.i0 = floor_pixel<index_t>(v);
+  const T i0 = static_cast<T>(a.i0);
+  a.w[0] = (i0 + T(1)) - v;
+  a.w[1] = v - i0;
+  a.d = p.grad;
+  return a;
+}
+
 template <typename index_t, bool kBounded = false, typename T>
 STN_HD Bilinear<T, index_t> bilinear_point(T gx, T gy, int64_t H, int64_t W, Padding padding,
                                            bool align_corners) {
-  const Dual<T> px = source_pixel<kBounded>(gx, W, padding, align_corners);
-  const Dual<T> py = source_pixel<kBounded>(gy, H, padding, align_corners);
   const T not_finite = (gx - gx) + (gy - gy);  // 0 for a finite point, else NaN
-  const T x = clamp_pixel(px.val + not_finite, W);
-  const T y = clamp_pixel(py.val + not_finite, H);
-  Bilinear<T, index_t> b;
-  b.x0 = floor_pixel<index_t>(x);
-  b.y0 = floor_pixel<index_t>(y);
-  const T x0 = static_cast<T>(b.x0);
-  const T y0 = static_cast<T>(b.y0);
-  // Written as ATen writes them, e.g. w_west = x_east - x.
-  b.wx[0] = (x0 + T(1)) - x;
-  b.wx[1] = x - x0;
-  b.wy[0] = (y0 + T(1)) - y;
-  b.wy[1] = y - y0;
-  b.dx = px.grad;
-  b.dy = py.grad;
-  return b;
+  const auto x = linear_axis<index_t, kBounded>(gx, not_finite, W, padding, align_corners);
+  const auto y = linear_axis<index_t, kBounded>(gy, not_finite, H, padding, align_corners);
+  return {x.i0, y.i0, {x.w[0], x.w[1]}, {y.w[0], y.w[1]}, x.d, y.d};
 }
 
 // i in [0, size), with one comparison.
@@ -272,15 +282,18 @@ STN_UNROLL
 }
 
 // mode="nearest": the neighbour nearest to the point, rounding halves to even
-// as nearbyint does, with the whole weight. x - x0 is exact, so this is
-// nearbyint(x) to the bit.
+// as nearbyint does, with the whole weight. Along an axis, the point lies at
+// i0 + frac (frac: the upper neighbour's weight), and frac = x - i0 is exact,
+// so this is nearbyint(x) to the bit.
+template <typename T, typename index_t>
+STN_HD index_t nearest_index(index_t i0, T frac) {
+  return i0 + (frac > T(0.5) || (frac == T(0.5) && (i0 & 1)));
+}
+
 template <typename T, typename index_t>
 STN_HD Corners<T, index_t> nearest_corner(const Bilinear<T, index_t>& b,
                                           const Plane<index_t>& plane) {
-  auto round = [](index_t i0, T frac) -> index_t {
-    return i0 + (frac > T(0.5) || (frac == T(0.5) && (i0 & 1)));
-  };
-  const index_t x = round(b.x0, b.wx[1]), y = round(b.y0, b.wy[1]);
+  const index_t x = nearest_index(b.x0, b.wx[1]), y = nearest_index(b.y0, b.wy[1]);
   Corners<T, index_t> c;
   c.base = y * plane.sH + x * plane.sW;
   c.inside = in_range(x, plane.W) & in_range(y, plane.H);
@@ -643,31 +656,6 @@ STN_HD Point3<T> apply_affine3(const T* theta, T xt, T yt, T zt) {
           theta[8] * xt + theta[9] * yt + theta[10] * zt + theta[11]};
 }
 
-// One axis of a source point: its lower neighbour, the weights of the lower
-// and upper neighbours and d pixel / d coordinate. `not_finite` is NaN when
-// any coordinate of the point is, which sends the point outside (see
-// bilinear_point: the same clamping, so no float-to-int overflow).
-template <typename T, typename index_t>
-struct Linear {
-  index_t i0;
-  T w[2];
-  T d;
-};
-
-template <typename index_t, typename T>
-STN_HD Linear<T, index_t> linear_axis(T coord, T not_finite, int64_t size, Padding padding,
-                                      bool align_corners) {
-  const Dual<T> p = source_pixel(coord, size, padding, align_corners);
-  const T v = clamp_pixel(p.val + not_finite, size);
-  Linear<T, index_t> a;
-  a.i0 = floor_pixel<index_t>(v);
-  const T i0 = static_cast<T>(a.i0);
-  a.w[0] = (i0 + T(1)) - v;
-  a.w[1] = v - i0;
-  a.d = p.grad;
-  return a;
-}
-
 template <typename T, typename index_t>
 struct Trilinear {
   Linear<T, index_t> x, y, z;
@@ -720,14 +708,10 @@ STN_UNROLL
 // mode="nearest": nearbyint of each pixel coordinate (halves to even; exact,
 // as in nearest_corner), with the whole weight.
 template <typename T, typename index_t>
-STN_HD index_t nearest_index(const Linear<T, index_t>& a) {
-  return a.i0 + (a.w[1] > T(0.5) || (a.w[1] == T(0.5) && (a.i0 & 1)));
-}
-
-template <typename T, typename index_t>
 STN_HD Corners3<T, index_t> nearest_corner(const Trilinear<T, index_t>& t,
                                            const Volume<index_t>& vol) {
-  const index_t x = nearest_index(t.x), y = nearest_index(t.y), z = nearest_index(t.z);
+  const index_t x = nearest_index(t.x.i0, t.x.w[1]), y = nearest_index(t.y.i0, t.y.w[1]),
+                z = nearest_index(t.z.i0, t.z.w[1]);
   Corners3<T, index_t> c;
   c.base = z * vol.sD + y * vol.sH + x * vol.sW;
   c.inside = in_range(x, vol.W) & in_range(y, vol.H) & in_range(z, vol.D);
