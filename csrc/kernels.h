@@ -4,6 +4,8 @@
 // one of these, so a kernel file only loops over points and launches. Gradient
 // buffers come in the accumulation type (float for half and bfloat16), and
 // grad_input arrives zeroed; an undefined gradient tensor means "not needed".
+// A nearest backward is never asked for the grid's or theta's gradient, which
+// is 0 (ops.cpp gives it).
 // A backward's `deterministic` asks for the grid's or theta's gradient reduced
 // in a fixed order, without atomics (the CPU's always is); grad_input is then
 // undefined, gathered by gather.h instead.

@@ -194,8 +194,9 @@ void load_points(Run<I, acc_t, index_t>& run, const TabulatedThetaGrid<acc_t>& t
 // for the others, which the scalar loop after it then locates.
 template <bool kBackward, Interpolation I, Padding P, bool kAlignCorners, typename acc_t,
           typename index_t, typename Source>
-STN_VECTOR_CLONES void locate(Run<I, acc_t, index_t>& run, const Source& src, const RunStart& at,
-                              int64_t W, const Plane<index_t> plane) {  // by value: in registers
+STN_VECTOR_CLONES void locate_run(Run<I, acc_t, index_t>& run, const Source& src,
+                                  const RunStart& at, int64_t W,
+                                  const Plane<index_t> plane) {  // by value: in registers
   run.size = at.size;
   load_points(run, src, at, W);
   constexpr bool kReflection = P == Padding::Reflection;
@@ -248,11 +249,11 @@ acc_t sample(const scalar_t* data, const Corners<acc_t, index_t>& c, const Plane
 template <Interpolation I, typename acc_t, typename index_t, typename scalar_t, typename AddFn>
 void scatter(const scalar_t* data, acc_t grad_out, const Corners<acc_t, index_t>& c,
              const Bilinear<acc_t, index_t>& b, const Plane<index_t>& plane, bool need_input_grad,
-             bool grid_grad_nonzero, AddFn&& add, Point2<acc_t>& grad) {
+             bool need_grid_grad, AddFn&& add, Point2<acc_t>& grad) {
   if constexpr (I == Interpolation::Nearest) {
     if (need_input_grad && c.inside) add(c.base, grad_out);
   } else {
-    interpolate_backward(data, grad_out, c, b, plane, need_input_grad, grid_grad_nonzero, add,
+    interpolate_backward(data, grad_out, c, b, plane, need_input_grad, need_grid_grad, add,
                          grad);
   }
 }
@@ -406,7 +407,7 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
           if constexpr (I == Interpolation::Bicubic) {
             bicubic_run<P, kAlignCorners, acc_t>(src, at, plane, in, out);
           } else {
-            locate<false, I, P, kAlignCorners>(run, src, at, out.W, plane);
+            locate_run<false, I, P, kAlignCorners>(run, src, at, out.W, plane);
             interpolate_run<I>(run, plane, in.plane(at.n, 0), in.sC,
                                out.plane(at.n, 0) + out.offset(at.h, at.w), out.sC, in.C, gathers);
           }
@@ -445,7 +446,7 @@ __attribute__((target("avx512f"))) inline __m512 load_grad_output(const float* p
 __attribute__((target("avx512f"))) void backward_run_gathers(
     const Run<Interpolation::Bilinear, float, int>& run, const Plane<int> plane, const float* in,
     int64_t in_sC, const float* go, const int64_t* go_offset, bool go_dense, int64_t go_sC,
-    float* gi, int64_t gi_sC, int64_t C, bool grid_grad_nonzero, Point2<float>* grad) {
+    float* gi, int64_t gi_sC, int64_t C, bool need_grid_grad, Point2<float>* grad) {
   for (int i0 = 0; i0 < run.size; i0 += 16) {
     const int lanes = std::min(16, run.size - i0);
     const __mmask16 live = lanes_mask(lanes);
@@ -465,7 +466,7 @@ __attribute__((target("avx512f"))) void backward_run_gathers(
     }
     const __m512 zero = _mm512_setzero_ps();
     __m512 grad_x = zero, grad_y = zero;
-    for (int64_t c = 0; grid_grad_nonzero && c < C; ++c) {  // add_neighbour_grad's terms
+    for (int64_t c = 0; need_grid_grad && c < C; ++c) {  // add_neighbour_grad's terms
       const float* in_c = in + c * in_sC;
       const __m512 g = load_grad_output(go + c * go_sC, go_offset, go_dense, i0, lanes);
       for (int k = 0; k < 4; ++k) {
@@ -502,17 +503,13 @@ __attribute__((target("avx512f"))) void backward_run_gathers(
 // tight loop (or, where they apply, 16 points at a time with the gathers
 // above): they scatter into grad_input and add d loss / d pixel into grad[i]
 // (over the channels in order), which the sink then gets scaled by d pixel /
-// d coordinate. Without gathers, used where a
-// point's work per channel is small: one channel (the general loop below costs
-// a fifth more there), or nearest sampling, whose lone adds into planes 16 KiB
-// apart thrash the cache when each point visits all its channels (5x slower at
-// 32 channels). Bilinear with more channels takes the general loop, whose order
-// keeps each point's neighbourhood in registers and the same-address adds apart.
+// d coordinate. grad_input's image gi has no data where it is not wanted.
 template <Interpolation I, typename acc_t, typename index_t, typename scalar_t, typename Sink>
-void backward_run(const Run<I, acc_t, index_t>& run, const RunStart& at, const Plane<index_t> plane,
-                  const Image<const scalar_t>& in, const Image<const scalar_t>& go,
-                  const Image<acc_t>& gi, bool need_input_grad, bool grid_grad_nonzero,
-                  bool need_grid_grad, bool gathers, Sink& sink) {
+void backward_run_by_channel(const Run<I, acc_t, index_t>& run, const RunStart& at,
+                             const Plane<index_t> plane, const Image<const scalar_t>& in,
+                             const Image<const scalar_t>& go, const Image<acc_t>& gi,
+                             bool need_grid_grad, bool gathers, Sink& sink) {
+  const bool need_input_grad = gi.data != nullptr;
   Point2<acc_t> grad[kRun];
   // grad_output's offsets at the run's points, the first alone where they lie side by side.
   const bool go_dense = go.sW == 1 && go.sH == go.W;
@@ -533,7 +530,7 @@ void backward_run(const Run<I, acc_t, index_t>& run, const RunStart& at, const P
     if (gathers) {
       backward_run_gathers(run, plane, in.plane(at.n, 0), in.sC, go_n, go_offset, go_dense, go.sC,
                            need_input_grad ? gi.plane(at.n, 0) : nullptr, gi.sC, in.C,
-                           grid_grad_nonzero, grad);
+                           need_grid_grad, grad);
       return to_sink();
     }
   }
@@ -556,10 +553,63 @@ void backward_run(const Run<I, acc_t, index_t>& run, const RunStart& at, const P
     const scalar_t* in_c = in.plane(at.n, c);
     for (int i = 0; i < run.size; ++i) {
       scatter<I>(in_c, g[i], run.corners(i), run.bilinear(i), plane, need_input_grad,
-                 grid_grad_nonzero, add, grad[i]);
+                 need_grid_grad, add, grad[i]);
     }
   }
   to_sink();
+}
+
+// The backward of the point at (h, w) of batch element n, channel by channel:
+// channel(data, g, add, grad) scatters grad_output's value g in that channel
+// into grad_input by add(offset, value) and adds d loss / d pixel into grad,
+// which the sink then gets scaled by d_pixel (d pixel / d coordinate).
+template <typename index_t, typename acc_t, typename scalar_t, typename Sink, typename Channel>
+void point_backward(const Image<const scalar_t>& in, const Image<const scalar_t>& go,
+                    const Image<acc_t>& gi, bool need_grid_grad, int64_t n, int64_t h, int64_t w,
+                    Point2<acc_t> d_pixel, Sink& sink, Channel&& channel) {
+  Point2<acc_t> grad{acc_t(0), acc_t(0)};
+  const scalar_t* go_point = go.plane(n, 0) + go.offset(h, w);
+  for (int64_t c = 0; c < in.C; ++c) {
+    acc_t* gi_plane = gi.data != nullptr ? gi.plane(n, c) : nullptr;
+    auto add = [gi_plane](index_t offset, acc_t v) { gi_plane[offset] += v; };
+    channel(in.plane(n, c), static_cast<acc_t>(go_point[c * go.sC]), add, grad);
+  }
+  if (need_grid_grad) sink.add(n, h, w, {grad.x * d_pixel.x, grad.y * d_pixel.y});
+}
+
+// Phase 2 of the backward pass, point by point, each point through every
+// channel.
+template <Interpolation I, typename acc_t, typename index_t, typename scalar_t, typename Sink>
+void backward_run_by_point(const Run<I, acc_t, index_t>& run, const RunStart& at,
+                           const Plane<index_t> plane, const Image<const scalar_t>& in,
+                           const Image<const scalar_t>& go, const Image<acc_t>& gi,
+                           bool need_grid_grad, Sink& sink) {
+  const bool need_input_grad = gi.data != nullptr;
+  for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
+    const auto corners = run.corners(i);
+    const auto b = run.bilinear(i);
+    point_backward<index_t>(in, go, gi, need_grid_grad, at.n, h, w, {b.dx, b.dy}, sink,
+                            [&](const scalar_t* data, acc_t g, auto& add, Point2<acc_t>& grad) {
+      scatter<I>(data, g, corners, b, plane, need_input_grad, need_grid_grad, add, grad);
+    });
+  });
+}
+
+// mode="bicubic": the backward of a run's points, one by one (as bicubic_run).
+template <Padding P, bool kAlignCorners, typename acc_t, typename index_t, typename scalar_t,
+          typename Source, typename Sink>
+void bicubic_backward_run(const Source& src, const RunStart& at, const Plane<index_t> plane,
+                          const Image<const scalar_t>& in, const Image<const scalar_t>& go,
+                          const Image<acc_t>& gi, bool need_grid_grad, Sink& sink) {
+  const bool need_input_grad = gi.data != nullptr;
+  for_each_point(at, go.W, [&](int, int64_t h, int64_t w) {
+    const auto pt = src.template point<acc_t>(at.n, h, w);
+    const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, P, kAlignCorners);
+    point_backward<index_t>(in, go, gi, need_grid_grad, at.n, h, w, {b.dx, b.dy}, sink,
+                            [&](const scalar_t* data, acc_t g, auto& add, Point2<acc_t>& grad) {
+      bicubic_backward(data, g, b, need_input_grad, need_grid_grad, add, grad);
+    });
+  });
 }
 
 template <typename scalar_t, typename Source, typename Sink>
@@ -569,15 +619,9 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   using acc_t = at::opmath_type<scalar_t>;
   const auto go = image_of<const scalar_t>(grad_output);
   const auto in = image_of<const scalar_t>(input);
-  const bool need_input_grad = grad_input.defined();
-  const auto gi = need_input_grad ? image_of<acc_t>(grad_input) : Image<acc_t>{};
-  // Nearest sampling is piecewise constant: its gradient with respect to the
-  // grid is 0, which run_backward (ops.cpp) gives without asking for it here;
-  // this stays as the kernels' own guard.
-  const bool grid_grad_nonzero =
-      need_grid_grad && sampling.interpolation != Interpolation::Nearest;
   // grad_input is allocated contiguous with the input's memory format, so its
   // plane strides equal the input's or (channels_last) match them too.
+  const auto gi = grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{};
   with_modes(sampling, [&](auto I, auto P, auto kAlignCorners) {
     with_index_type(in, [&](auto index) {
       using index_t = decltype(index);
@@ -591,55 +635,31 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
       // 256x1x28x28).
       const bool gathers = I == Interpolation::Bilinear && std::is_same_v<scalar_t, float> &&
                            std::is_same_v<index_t, int> && tuning().cpu_gathers &&
-                           cpu_has_gathers() && (grid_grad_nonzero || in.C > 1);
+                           cpu_has_gathers() && (need_grid_grad || in.C > 1);
+      // Channel by channel where a point's work per channel is small: with the
+      // gathers; with one channel (point by point costs a fifth more there); and
+      // for nearest sampling, whose lone adds into planes 16 KiB apart thrash
+      // the cache when each point visits all its channels (5x slower at 32
+      // channels). Point by point otherwise (bilinear with more channels): that
+      // order keeps each point's neighbourhood in registers and the
+      // same-address adds apart.
+      const bool by_channel = gathers || in.C == 1 || I == Interpolation::Nearest;
       at::parallel_for(0, go.N, 1, [&, plane](int64_t n0, int64_t n1) {
         Sink s = sink;
         Run<I, acc_t, index_t> run;
         for (int64_t n = n0; n < n1; ++n) {
-          const scalar_t* in_n = in.plane(n, 0);
-          const scalar_t* go_n = go.plane(n, 0);
-          acc_t* gi_n = need_input_grad ? gi.plane(n, 0) : nullptr;
-          // The backward of the point at (h, w), channel by channel: `channel`
-          // scatters into grad_input and accumulates d loss / d pixel, which the
-          // sink gets scaled by d pixel / d coordinate.
-          auto point_backward = [&](int64_t h, int64_t w, Point2<acc_t> d_pixel, auto&& channel) {
-            Point2<acc_t> grad{acc_t(0), acc_t(0)};
-            const scalar_t* go_point = go_n + go.offset(h, w);
-            for (int64_t c = 0; c < in.C; ++c) {
-              acc_t* gi_plane = need_input_grad ? gi_n + c * gi.sC : nullptr;
-              auto add = [gi_plane](index_t offset, acc_t v) { gi_plane[offset] += v; };
-              channel(in_n + c * in.sC, static_cast<acc_t>(go_point[c * go.sC]), add, grad);
-            }
-            if (need_grid_grad) s.add(n, h, w, {grad.x * d_pixel.x, grad.y * d_pixel.y});
-          };
           for (int64_t r = n * runs.per_plane; r < (n + 1) * runs.per_plane; ++r) {
             const RunStart at = runs[r];
             if constexpr (I == Interpolation::Bicubic) {
-              for_each_point(at, go.W, [&](int, int64_t h, int64_t w) {
-                const auto pt = src.template point<acc_t>(n, h, w);
-                const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, P, kAlignCorners);
-                point_backward(h, w, {b.dx, b.dy}, [&](const scalar_t* data, acc_t g, auto& add,
-                                                       Point2<acc_t>& grad) {
-                  bicubic_backward(data, g, b, need_input_grad, grid_grad_nonzero, add, grad);
-                });
-              });
-              continue;
+              bicubic_backward_run<P, kAlignCorners>(src, at, plane, in, go, gi, need_grid_grad, s);
+            } else {
+              locate_run<true, I, P, kAlignCorners>(run, src, at, go.W, plane);
+              if (by_channel) {
+                backward_run_by_channel<I>(run, at, plane, in, go, gi, need_grid_grad, gathers, s);
+              } else {
+                backward_run_by_point<I>(run, at, plane, in, go, gi, need_grid_grad, s);
+              }
             }
-            locate<true, I, P, kAlignCorners>(run, src, at, go.W, plane);
-            if (gathers || in.C == 1 || I == Interpolation::Nearest) {
-              backward_run<I>(run, at, plane, in, go, gi, need_input_grad, grid_grad_nonzero,
-                              need_grid_grad, gathers, s);
-              continue;
-            }
-            for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
-              const auto corners = run.corners(i);
-              const auto b = run.bilinear(i);
-              point_backward(h, w, {b.dx, b.dy}, [&](const scalar_t* data, acc_t g, auto& add,
-                                                     Point2<acc_t>& grad) {
-                scatter<I>(data, g, corners, b, plane, need_input_grad, grid_grad_nonzero, add,
-                           grad);
-              });
-            });
           }
           if (need_grid_grad) s.finish(n);
         }
@@ -677,7 +697,7 @@ void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
                                   "stn_cuda::affine_sample", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const TabulatedThetaGrid<acc_t> src(
-        theta_grid_of<acc_t>(theta, output.size(2), output.size(3), sampling.align_corners));
+        theta_grid_of<acc_t>(theta, output.sizes().slice(2), sampling.align_corners));
     sample_forward<scalar_t>(input, src, output, sampling);
   });
 }
@@ -689,8 +709,8 @@ void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& inp
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const TabulatedThetaGrid<acc_t> src(theta_grid_of<acc_t>(
-        theta, grad_output.size(2), grad_output.size(3), sampling.align_corners));
+    const TabulatedThetaGrid<acc_t> src(
+        theta_grid_of<acc_t>(theta, grad_output.sizes().slice(2), sampling.align_corners));
     const ThetaGradSink<acc_t> sink{
         grad_theta.defined() ? grad_theta.data_ptr<acc_t>() : nullptr, &src, {}};
     sample_backward<scalar_t>(grad_output, input, src, grad_input, sink, grad_theta.defined(),
@@ -703,7 +723,7 @@ void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool a
                                   "stn_cuda::affine_grid", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t N = grid.size(0), H = grid.size(1), W = grid.size(2);
-    const TabulatedThetaGrid<acc_t> src(theta_grid_of<acc_t>(theta, H, W, align_corners));
+    const TabulatedThetaGrid<acc_t> src(theta_grid_of<acc_t>(theta, {H, W}, align_corners));
     scalar_t* out = grid.data_ptr<scalar_t>();
     at::parallel_for(0, N * H, std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, W)),
                      [&](int64_t begin, int64_t end) {
@@ -725,7 +745,8 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t N = grad_grid.size(0), H = grad_grid.size(1), W = grad_grid.size(2);
     const auto gg = tensor_grid_of<scalar_t>(grad_grid);
-    const TabulatedThetaGrid<acc_t> targets(ThetaGrid<acc_t>{nullptr, H, W, align_corners});
+    const TabulatedThetaGrid<acc_t> targets(
+        theta_grid_of<acc_t>(at::Tensor(), {H, W}, align_corners));
     const ThetaGradSink<acc_t> sink{grad_theta.data_ptr<acc_t>(), &targets, {}};
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
       ThetaGradSink<acc_t> s = sink;

@@ -83,9 +83,6 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   const auto in = image3_of<const scalar_t>(input);
   const bool need_input_grad = grad_input.defined();
   const auto gi = need_input_grad ? image3_of<acc_t>(grad_input) : Image3<acc_t>{};
-  // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
-  const bool grid_grad_nonzero =
-      need_grid_grad && sampling.interpolation == Interpolation::Bilinear;
   // grad_input is laid out like the input (see ops.cpp), so the input's offsets address it.
   with_index_type(in, [&](auto index) {
     using index_t = decltype(index);
@@ -105,7 +102,7 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
                 auto add = [gi_volume](index_t offset, acc_t v) { gi_volume[offset] += v; };
                 const acc_t grad_out = static_cast<acc_t>(go.volume(n, c)[go.offset(d, h, w)]);
                 interpolate_backward(in.volume(n, c), grad_out, loc.corners, t, vol,
-                                     need_input_grad, grid_grad_nonzero, add, g);
+                                     need_input_grad, need_grid_grad, add, g);
               }
               if (need_grid_grad) s.add(n, p, d, h, w, {g.x * t.x.d, g.y * t.y.d, g.z * t.z.d});
             }
