@@ -77,7 +77,6 @@ def extension():
             # c10/cuda headers they include (before torch's).
             sources += glob.glob("tests/host/emulated/*.cpp")
             macros.append(("STN_CUDA_EMULATE", None))
-            cxx = cxx + ["-Wno-unknown-pragmas"]  # the kernels' #pragma unroll
             include_dirs += [os.path.abspath(d) for d in ("tests/host/emulated", "tests/host", "csrc")]
         sanitize = SANITIZE_FLAGS if SANITIZE else []
         return cpp_extension.CppExtension("stn_cuda._C", sources, define_macros=macros,

@@ -14,15 +14,13 @@
 
 namespace stn {
 
-// The points' source is the grid (N, [D_out,] H_out, W_out, dims) for
-// grid_sample or theta (N, dims, dims + 1), contiguous in the accumulation
-// type, for affine_sample.
-
 // The per-device steps (cpu/gather_cpu.cpp, cuda/gather_cuda.cu).
 struct GatherKernels {
   // Step 1: every point's entries, keys (E,) int32 or int64 (gather.cpp) and
-  // weights (E, corners) in the accumulation type. out_size: the output's
-  // spatial size.
+  // weights (E, corners) in the accumulation type. source: the points' source,
+  // the grid (N, [D_out,] H_out, W_out, dims) for grid_sample or theta
+  // (N, dims, dims + 1) for affine_sample, contiguous in the accumulation type;
+  // out_size: the output's spatial size.
   void (*entries)(const at::Tensor& source, const at::Tensor& input, at::IntArrayRef out_size,
                   const CellGrid& cells, EntryShape shape, const at::Tensor& keys,
                   const at::Tensor& weights, Sampling sampling);
@@ -54,7 +52,7 @@ void with_point_source(const at::Tensor& source, const at::Tensor& input,
         f(scalar_t{}, tensor_grid3_of<scalar_t>(source));
       }
     } else if (theta) {
-      f(scalar_t{}, theta_grid_of<acc_t>(source, out_size[0], out_size[1], align_corners));
+      f(scalar_t{}, theta_grid_of<acc_t>(source, out_size, align_corners));
     } else {
       f(scalar_t{}, tensor_grid_of<scalar_t>(source));
     }

@@ -128,10 +128,13 @@ TensorGrid<scalar_t> tensor_grid_of(const at::Tensor& grid) {
           grid.stride(0), grid.stride(1), grid.stride(2), grid.stride(3)};
 }
 
+// theta may be undefined where only the target coordinates are needed.
+// out_size: (H_out, W_out).
 template <typename acc_t>
-ThetaGrid<acc_t> theta_grid_of(const at::Tensor& theta, int64_t H_out, int64_t W_out,
+ThetaGrid<acc_t> theta_grid_of(const at::Tensor& theta, at::IntArrayRef out_size,
                                bool align_corners) {
-  return {static_cast<const acc_t*>(theta.data_ptr()), H_out, W_out, align_corners};
+  return {theta.defined() ? static_cast<const acc_t*>(theta.data_ptr()) : nullptr, out_size[0],
+          out_size[1], align_corners};
 }
 
 // Host-side views of 5-D tensors, for the volume kernels.

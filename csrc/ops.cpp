@@ -56,7 +56,8 @@ void check_same(const char* op, const char* name, const Tensor& t, const char* o
 }
 
 // Images (4-D input, 2 spatial dimensions) and volumes (5-D input, 3): the
-// number of spatial dimensions follows the input (affine_grid: its size).
+// number of spatial dimensions follows the input (affine_grid: its size;
+// affine_grid_backward: grad_grid, 5-D for volumes too).
 int64_t spatial_dims(const Tensor& input) {
   return input.defined() && input.dim() == 5 ? 3 : 2;
 }
@@ -252,8 +253,8 @@ Tensor grid_sample(const Tensor& input, const Tensor& grid, int64_t interpolatio
                    int64_t padding_mode, bool align_corners) {
   const char* op = "stn_cuda.grid_sample";
   check_grid(op, input, grid);
-  check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   const int64_t dims = spatial_dims(input);
+  check_modes(op, interpolation_mode, padding_mode, dims);
   Tensor output = empty_output(output_sizes(input, grid.sizes().slice(1, dims)), input.options());
   if (output.numel() == 0) return output;
   c10::DeviceGuard guard(input.device());
@@ -269,8 +270,8 @@ std::tuple<Tensor, Tensor> grid_sample_backward(const Tensor& grad_output, const
                                                 bool deterministic) {
   const char* op = "stn_cuda.grid_sample_backward";
   check_grid(op, input, grid);
-  check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
   const int64_t dims = spatial_dims(input);
+  check_modes(op, interpolation_mode, padding_mode, dims);
   check_grad_output(op, grad_output, input, grid.sizes().slice(1, dims));
   deterministic = deterministic_now(deterministic, input);
   const Tensor in = backward_input(input, output_mask[0]);
@@ -314,7 +315,7 @@ Tensor affine_grid(const Tensor& theta, at::IntArrayRef size, bool align_corners
 
 Tensor affine_grid_backward(const Tensor& grad_grid, bool align_corners) {
   const char* op = "stn_cuda.affine_grid_backward";
-  const int64_t dims = grad_grid.defined() && grad_grid.dim() == 5 ? 3 : 2;
+  const int64_t dims = spatial_dims(grad_grid);
   check_tensor(op, "grad_grid", grad_grid, dims + 2,
                "(N, H_out, W_out, 2) or 5-D (N, D_out, H_out, W_out, 3)");
   TORCH_CHECK_VALUE(grad_grid.size(dims + 1) == dims, op, ": expected grad_grid of shape ",
@@ -344,7 +345,7 @@ Tensor affine_sample(const Tensor& input, const Tensor& theta, at::IntArrayRef o
   const int64_t dims = spatial_dims(input);
   check_theta(op, theta, input.size(0), dims, theta_context(dims));
   check_same(op, "theta", theta, "input", input);
-  check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
+  check_modes(op, interpolation_mode, padding_mode, dims);
   check_out_size(op, "out_size", out_size, dims);
   Tensor output = empty_output(output_sizes(input, out_size), input.options());
   if (output.numel() == 0) return output;
@@ -365,7 +366,7 @@ std::tuple<Tensor, Tensor> affine_sample_backward(const Tensor& grad_output, con
   const int64_t dims = spatial_dims(input);
   check_theta(op, theta, input.size(0), dims, theta_context(dims));
   check_same(op, "theta", theta, "input", input);
-  check_modes(op, interpolation_mode, padding_mode, spatial_dims(input));
+  check_modes(op, interpolation_mode, padding_mode, dims);
   TORCH_CHECK_VALUE(grad_output.defined() && grad_output.dim() == input.dim(), op,
                     ": expected grad_output to be ", input.dim(), "-D like input");
   check_grad_output(op, grad_output, input, grad_output.sizes().slice(2));
@@ -416,7 +417,7 @@ TORCH_LIBRARY_IMPL(stn_cuda, CUDA, m) { STN_REGISTER_IMPLS(m); }
 
 namespace {
 // The Tuning in force, as one code per setting (tuning.py names them): each
-// below its kTuningChoices.
+// below its kTuningChoices, and 0, where the codes start, the default.
 enum TuningSetting : long { kScatter = 0, kChannelVectors = 1, kCpuGathers = 2, kTuningSettings = 3 };
 constexpr long kTuningChoices[kTuningSettings] = {2, 2, 2};
 std::atomic<int> tuning_codes[kTuningSettings] = {};

@@ -26,8 +26,6 @@ __all__ = ["patch_torch", "unpatch_torch", "patched_torch"]
 _TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 _DEVICE_TYPES = ("cpu", "cuda") if _C.built_with_cuda else ("cpu",)
 _routed = frozenset()  # the device types whose calls go to stn_cuda while patched (replaced whole)
-_MODES = ("bilinear", "nearest", "bicubic")
-_PADDING_MODES = ("zeros", "border", "reflection")
 _originals = {}  # name -> the torch.nn.functional attribute that patch_torch() replaced
 _lock = threading.Lock()  # patching and unpatching, one thread at a time
 
@@ -47,7 +45,9 @@ def _same_dtype(input, grid) -> bool:
 
 
 def _grid_sample_supported(input, grid, mode, padding_mode, align_corners) -> bool:
-    return (mode in _MODES and padding_mode in _PADDING_MODES and isinstance(align_corners, bool)
+    return (isinstance(mode, str) and mode in functional._MODES
+            and isinstance(padding_mode, str) and padding_mode in functional._PADDING_MODES
+            and isinstance(align_corners, bool)
             and not (mode == "bicubic" and input.dim() == 5)  # torch raises
             and _supported(input, grid) and _same_dtype(input, grid)
             # images (4-D, grid (x, y)) or volumes (5-D, grid (x, y, z))

@@ -63,7 +63,7 @@ gather_kernel(Image<const scalar_t> grad_out, Image<at::opmath_type<scalar_t>> g
         acc_t sum[kGatherChannels];
         gather_pixel_channels(runs, n, z, y, x, grad_out.plane(n, c), grad_out.sW, grad_out.sC,
                               channels, sum);
-#pragma unroll
+STN_UNROLL
         for (int i = 0; i < kGatherChannels; ++i) {
           if (i < channels) grad_in.plane(n, c + i)[p * grad_in.sW] = sum[i];
         }

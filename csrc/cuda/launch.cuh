@@ -1,6 +1,7 @@
-// What the CUDA kernels of sampler_cuda.cu (images) and volume_cuda.cu
-// (volumes) share: the launch plan, their loops (loops.cuh), the per-block
-// reductions (block_sums.cuh) and the gradient stores of the backward passes.
+// What the CUDA kernels of sampler_cuda.cu (images), volume_cuda.cu (volumes)
+// and gather_cuda.cu (the deterministic gather) share: the launch plan, their
+// loops (loops.cuh), the per-block reductions (block_sums.cuh) and the gradient
+// stores of the backward passes.
 #pragma once
 
 #include <ATen/ops/empty.h>
@@ -103,21 +104,20 @@ inline void sum_block_partials(const at::Tensor& partials, const at::Tensor& sum
 }
 
 // Whether the plan splits a point's channels across threads, whose gradients
-// with respect to the point must then be added atomically (into grad_grid,
-// zeroed here where it is wanted).
-inline bool split_channels(const at::Tensor& grad_grid, const LaunchPlan& plan) {
-  const bool split = plan.grid.y > 1;
-  if (split && grad_grid.defined()) {
-    C10_CUDA_CHECK(cudaMemsetAsync(grad_grid.data_ptr(), 0, grad_grid.nbytes(), current_stream()));
-  }
-  return split;
+// with respect to the point must then be added atomically, into a zeroed
+// grad_grid.
+inline bool splits_channels(const LaunchPlan& plan) { return plan.grid.y > 1; }
+
+// t = 0, on the current stream.
+inline void zero_async(const at::Tensor& t) {
+  C10_CUDA_CHECK(cudaMemsetAsync(t.data_ptr(), 0, t.nbytes(), current_stream()));
 }
 
 // A point's gradient with respect to its K coordinates, stored, or added
 // atomically when several channel groups add into the same point.
 template <int K, typename T>
 __device__ void store_point_grad(T* dst, const T (&g)[K], bool atomic) {
-#pragma unroll
+STN_UNROLL
   for (int k = 0; k < K; ++k) {
     if (atomic) {
       atomicAdd(dst + k, g[k]);
@@ -126,24 +126,6 @@ __device__ void store_point_grad(T* dst, const T (&g)[K], bool atomic) {
     }
   }
 }
-
-// A sink (where each point's gradient with respect to its source coordinates
-// goes) for grad_theta (N, 2, 3), contiguous: summed per block, then as
-// reduce_block_sums does.
-template <typename acc_t>
-struct ThetaGradSink {
-  acc_t* data;
-  ThetaGrid<acc_t> src;
-  acc_t* partials = nullptr;
-  ThetaGradSum<acc_t> sum = {};
-  __device__ void add(int64_t, int64_t h, int64_t w, Point2<acc_t> g) {
-    sum.add(src.xt(w), src.yt(h), g);
-  }
-  __device__ void finish(int64_t n) {
-    reduce_block_sums(data, partials, n, sum.v);
-    sum = {};
-  }
-};
 
 // launch(sink) for grad_theta's sink (ThetaGradSink, ThetaGradSink3): its block
 // sums added atomically into grad_theta (zeroed), or, `deterministic`, stored

@@ -1,6 +1,7 @@
 // The loops of the CUDA kernels over batch elements and output points. This
-// header needs no other, so that tests/host can compile the warp-level code
-// that uses it (scatter.cuh) for the CPU, against an emulated warp.
+// header needs no other, so that tests/host/device_code_test.cpp can compile
+// the code that uses it (scatter.cuh, block_sums.cuh) for the CPU, against the
+// emulator of tests/host/cuda_emulator.h.
 #pragma once
 
 namespace stn {

@@ -35,6 +35,23 @@ struct GridGradSink {  // grad_grid (N, H_out, W_out, 2), contiguous
   __device__ void finish(int64_t) {}
 };
 
+// grad_theta (N, 2, 3), contiguous: summed per block, then as reduce_block_sums
+// does.
+template <typename acc_t>
+struct ThetaGradSink {
+  acc_t* data;
+  ThetaGrid<acc_t> src;
+  acc_t* partials = nullptr;
+  ThetaGradSum<acc_t> sum = {};
+  __device__ void add(int64_t, int64_t h, int64_t w, Point2<acc_t> g) {
+    sum.add(src.xt(w), src.yt(h), g);
+  }
+  __device__ void finish(int64_t n) {
+    reduce_block_sums(data, partials, n, sum.v);
+    sum = {};
+  }
+};
+
 // kBicubic: mode="bicubic" (16 taps per point) in a kernel of its own, so that
 // its registers do not weigh on the bilinear and nearest kernels.
 // kV: the channels per step, 1 or a channel vector's (vectors.cuh).
@@ -98,9 +115,6 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
   static_assert(kV == 1 || kScatter == Scatter::Atomic, "channel vectors scatter atomically");
   using acc_t = at::opmath_type<scalar_t>;
   const bool need_input_grad = grad_in.data != nullptr;
-  // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
-  const bool grid_grad_nonzero =
-      need_grid_grad && sampling.interpolation != Interpolation::Nearest;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
   // grad_in is laid out like in (see ops.cpp), so in's offsets address it.
@@ -134,7 +148,7 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
       const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, sampling.padding,
                                             sampling.align_corners);
       point_backward({b.dx, b.dy}, [&](int64_t c, Point2<acc_t>& g) {
-        bicubic_backward(in.plane(n, c), grad_out_at(c), b, need_input_grad, grid_grad_nonzero,
+        bicubic_backward(in.plane(n, c), grad_out_at(c), b, need_input_grad, need_grid_grad,
                          atomic_add_into(grad_in_plane(n, c)), g);
       });
     } else {
@@ -149,7 +163,7 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
           const acc_t go = grad_out_at(c);
           if (need_input_grad) scatter.add(grad_in_plane(n, c), go, corner, plane);
           interpolate_backward(in.plane(n, c), go, corner, b, plane, /*need_input_grad=*/false,
-                               grid_grad_nonzero, [](index_t, acc_t) {}, g);
+                               need_grid_grad, [](index_t, acc_t) {}, g);
         });
       } else if constexpr (kV > 1) {
         point_backward({b.dx, b.dy}, [&](int64_t c, Point2<acc_t>& g) {
@@ -157,13 +171,13 @@ sample_backward_kernel(Image<const scalar_t> grad_out, Image<const scalar_t> in,
 STN_UNROLL
           for (int i = 0; i < kV; ++i) go[i] = grad_out_at(c + i);
           interpolate_backward_channels(ChannelLoader<kV, scalar_t>{in.plane(n, c)}, go, corner,
-                                        b, plane, need_input_grad, grid_grad_nonzero,
+                                        b, plane, need_input_grad, need_grid_grad,
                                         ChannelAdder<kV, acc_t>{grad_in_plane(n, c)}, g);
         });
       } else {
         point_backward({b.dx, b.dy}, [&](int64_t c, Point2<acc_t>& g) {
           interpolate_backward(in.plane(n, c), grad_out_at(c), corner, b, plane, need_input_grad,
-                               grid_grad_nonzero, atomic_add_into(grad_in_plane(n, c)), g);
+                               need_grid_grad, atomic_add_into(grad_in_plane(n, c)), g);
         });
       }
     }
@@ -286,8 +300,10 @@ void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input
     using acc_t = at::opmath_type<scalar_t>;
     const auto plan =
         plan_sample_backward<scalar_t>(grad_output, input, grad_input, sampling, deterministic);
+    const bool split = splits_channels(plan);
+    if (split && grad_grid.defined()) zero_async(grad_grid);  // the channel groups add into it
     const GridGradSink<acc_t> sink{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
-                                   grid.size(1), grid.size(2), split_channels(grad_grid, plan)};
+                                   grid.size(1), grid.size(2), split};
     sample_backward<scalar_t>(grad_output, input, tensor_grid_of<scalar_t>(grid), grad_input,
                               grad_grid.defined(), sampling, plan, sink);
   });
@@ -298,8 +314,7 @@ void affine_sample_forward(const at::Tensor& input, const at::Tensor& theta,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "stn_cuda::affine_sample", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto src =
-        theta_grid_of<acc_t>(theta, output.size(2), output.size(3), sampling.align_corners);
+    const auto src = theta_grid_of<acc_t>(theta, output.sizes().slice(2), sampling.align_corners);
     sample_forward<scalar_t>(input, src, output, sampling);
   });
 }
@@ -312,8 +327,7 @@ void affine_sample_backward(const at::Tensor& grad_output, const at::Tensor& inp
                                   "stn_cuda::affine_sample_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto src =
-        theta_grid_of<acc_t>(theta, grad_output.size(2), grad_output.size(3),
-                             sampling.align_corners);
+        theta_grid_of<acc_t>(theta, grad_output.sizes().slice(2), sampling.align_corners);
     const auto plan =
         plan_sample_backward<scalar_t>(grad_output, input, grad_input, sampling, deterministic);
     const ThetaGradSink<acc_t> sink{
@@ -332,7 +346,7 @@ void affine_grid_forward(const at::Tensor& theta, const at::Tensor& grid, bool a
     const int64_t N = grid.size(0), H = grid.size(1), W = grid.size(2);
     const auto plan = plan_launch(N, 1, H * W);
     launch_kernel(affine_grid_kernel<scalar_t>, plan,
-                  theta_grid_of<acc_t>(theta, H, W, align_corners), grid.data_ptr<scalar_t>(), N);
+                  theta_grid_of<acc_t>(theta, {H, W}, align_corners), grid.data_ptr<scalar_t>(), N);
   });
 }
 
@@ -346,7 +360,7 @@ void affine_grid_backward(const at::Tensor& grad_grid, const at::Tensor& grad_th
     const int64_t N = grad_grid.size(0), H = grad_grid.size(1), W = grad_grid.size(2);
     const auto plan = plan_launch(N, 1, H * W);
     const ThetaGradSink<acc_t> sink{grad_theta.data_ptr<acc_t>(),
-                                    ThetaGrid<acc_t>{nullptr, H, W, align_corners}};
+                                    theta_grid_of<acc_t>(at::Tensor(), {H, W}, align_corners)};
     with_theta_sink(sink, grad_theta, plan, /*deterministic=*/true, [&](const auto& s) {
       launch_kernel(affine_grid_backward_kernel<scalar_t>, plan,
                     tensor_grid_of<scalar_t>(grad_grid), s, N);

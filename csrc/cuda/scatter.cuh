@@ -12,8 +12,8 @@
 // and the atomics are those of Scatter::Atomic.
 //
 // This header needs nothing but sampler_math.h and loops.cuh, so that
-// tests/host can compile it for the CPU against an emulated warp
-// (tests/host/cuda_emulator.h).
+// tests/host/device_code_test.cpp can compile it for the CPU against the
+// emulator of tests/host/cuda_emulator.h.
 #pragma once
 
 #include "../sampler_math.h"

@@ -34,7 +34,7 @@ struct ChannelLoader {
   template <typename index_t, typename acc_t>
   __device__ void operator()(index_t offset, acc_t (&values)[V]) const {
     const Vector<scalar_t, V> x = *reinterpret_cast<const Vector<scalar_t, V>*>(data + offset);
-#pragma unroll
+STN_UNROLL
     for (int i = 0; i < V; ++i) values[i] = static_cast<acc_t>(x.v[i]);
   }
 };
@@ -55,13 +55,13 @@ struct ChannelAdder {
     constexpr bool kFloat4 = false;
 #endif
     if constexpr (kFloat4) {
-#pragma unroll
+STN_UNROLL
       for (int i = 0; i < V; i += 4) {
         atomicAdd(reinterpret_cast<float4*>(dst + i),
                   make_float4(values[i], values[i + 1], values[i + 2], values[i + 3]));
       }
     } else {
-#pragma unroll
+STN_UNROLL
       for (int i = 0; i < V; ++i) atomicAdd(dst + i, values[i]);
     }
   }

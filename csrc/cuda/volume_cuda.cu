@@ -26,7 +26,7 @@ struct GridGradSink3 {  // grad_grid (N, D_out, H_out, W_out, 3), contiguous
   __device__ void finish(int64_t) {}
 };
 
-// grad_theta (N, 3, 4), contiguous, as ThetaGradSink (launch.cuh) for images.
+// grad_theta (N, 3, 4), contiguous, as ThetaGradSink (sampler_cuda.cu) for images.
 template <typename acc_t>
 struct ThetaGradSink3 {
   acc_t* data;
@@ -84,9 +84,6 @@ volume_backward_kernel(Image3<const scalar_t> grad_out, Image3<const scalar_t> i
                        bool need_grid_grad, int64_t channels_per_thread, Sampling sampling) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool need_input_grad = grad_in.data != nullptr;
-  // Nearest sampling is piecewise constant: its gradient with respect to the grid is 0.
-  const bool grid_grad_nonzero =
-      need_grid_grad && sampling.interpolation == Interpolation::Bilinear;
   const int64_t c0 = blockIdx.y * channels_per_thread;
   const int64_t c1 = min(c0 + channels_per_thread, in.C);
   // grad_in is laid out like in (see ops.cpp), so in's offsets address it.
@@ -105,7 +102,7 @@ volume_backward_kernel(Image3<const scalar_t> grad_out, Image3<const scalar_t> i
         const acc_t go =
             static_cast<acc_t>(grad_out.volume(n, c)[grad_out.offset(i.d, i.h, i.w)]);
         interpolate_backward(in.volume(n, c), go, loc.corners, t, vol, need_input_grad,
-                             grid_grad_nonzero, add, g);
+                             need_grid_grad, add, g);
       }
       if (need_grid_grad) {
         sink.add(n, p, i.d, i.h, i.w, {g.x * t.x.d, g.y * t.y.d, g.z * t.z.d});
@@ -190,8 +187,10 @@ void grid_sample_backward(const at::Tensor& grad_output, const at::Tensor& input
                                   "stn_cuda::grid_sample_backward (5-D)", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto plan = plan_backward(grad_output, deterministic);
+    const bool split = splits_channels(plan);
+    if (split && grad_grid.defined()) zero_async(grad_grid);  // the channel groups add into it
     const GridGradSink3<acc_t> sink{grad_grid.defined() ? grad_grid.data_ptr<acc_t>() : nullptr,
-                                    points_of(grad_output), split_channels(grad_grid, plan)};
+                                    points_of(grad_output), split};
     volume_backward<scalar_t>(grad_output, input, tensor_grid3_of<scalar_t>(grid), grad_input,
                               grad_grid.defined(), sampling, plan, sink);
   });
