@@ -6,15 +6,15 @@
 // A run is up to kRun consecutive output points of one batch element, in
 // row-major order: it wraps from the end of one row to the start of the next,
 // so small outputs (28 x 28, say) fill whole runs rather than short ones with a
-// scalar tail each. Bilinear and nearest process a run in two phases:
-//  1. for every point of the run, its source position and its four neighbours
+// scalar tail each. A run goes in two phases:
+//  1. for every point of the run, its source position and its neighbours
 //     (offsets, masks, weights), stored as structure-of-arrays. The padding
 //     mode is a compile-time constant here and the math is branch-free, so the
-//     compiler vectorises this loop;
+//     compiler vectorises this loop (bicubic: for the points whose taps need no
+//     padding, the others after it, one by one);
 //  2. for every channel, the gather (forward) or scatter (backward) of the
-//     run's points, reusing phase 1's neighbours.
-// Bicubic goes point by point through its runs: with 16 taps per point and
-// channel, phase 1 would save little.
+//     run's points, reusing phase 1's neighbours (or, in some backward passes,
+//     for every point, each of its channels).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -125,9 +125,9 @@ struct Run {
 // The source coordinates of a run's points: from the grid tensor (where the
 // run's points are contiguous, a plain, vectorised deinterleave) or generated
 // from theta.
-template <Interpolation I, typename acc_t, typename index_t, typename scalar_t>
-void load_points(Run<I, acc_t, index_t>& run, const TensorGrid<scalar_t>& grid, const RunStart& at,
-                 int64_t W) {
+template <typename RunT, typename scalar_t>
+void load_points(RunT& run, const TensorGrid<scalar_t>& grid, const RunStart& at, int64_t W) {
+  using acc_t = std::remove_reference_t<decltype(run.gx[0])>;
   if (grid.sW == 2 && grid.sXY == 1 && (grid.sH == 2 * W || at.w + run.size <= W)) {
     const scalar_t* p = grid.data + at.n * grid.sN + at.h * grid.sH + at.w * grid.sW;
     for (int i = 0; i < run.size; ++i) {
@@ -163,9 +163,9 @@ struct TabulatedThetaGrid {
   }
 };
 
-template <Interpolation I, typename acc_t, typename index_t>
-void load_points(Run<I, acc_t, index_t>& run, const TabulatedThetaGrid<acc_t>& theta,
-                 const RunStart& at, int64_t W) {
+template <typename RunT, typename acc_t>
+void load_points(RunT& run, const TabulatedThetaGrid<acc_t>& theta, const RunStart& at,
+                 int64_t W) {
   for_each_point(at, W, [&](int i, int64_t h, int64_t w) {
     const auto pt = theta.template point<acc_t>(at.n, h, w);
     run.gx[i] = pt.x;
@@ -370,21 +370,119 @@ struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous
   }
 };
 
-// mode="bicubic": the points of a run, one by one, into a contiguous output.
+// mode="bicubic": a run's points after phase 1. A point whose 16 taps all lie
+// inside the image (`interior`: most points of most transforms) needs no
+// padding and no mask, only the offsets of its first column and row of taps
+// and its weights, which the vectorised loop of locate_cubic_run finds; the
+// others (edge points) get their full Bicubic from bicubic_point in a scalar
+// loop.
+template <typename acc_t, typename index_t>
+struct CubicRun {
+  int size;
+  acc_t gx[kRun], gy[kRun];  // normalised source coordinates
+  // Interior points: the offsets of their first column and row of taps, the
+  // columns' and rows' weights, and (backward only) minus their derivatives.
+  int interior[kRun];
+  index_t x_offset[kRun], y_offset[kRun];
+  acc_t wx[4][kRun], wy[4][kRun];
+  acc_t gwx[4][kRun], gwy[4][kRun];
+  Bicubic<acc_t, index_t> edge[kRun];  // edge points
+
+  // Interior point i as bicubic_point gives it (d: d pixel / d coordinate, the
+  // unnormalisation's factors, the same for every point).
+  Bicubic<acc_t, index_t> interior_point(int i, const Plane<index_t>& plane,
+                                         Point2<acc_t> d) const {
+    Bicubic<acc_t, index_t> b;
+    for (int k = 0; k < 4; ++k) {
+      b.x_offset[k] = x_offset[i] + k * plane.sW;
+      b.y_offset[k] = y_offset[i] + k * plane.sH;
+      b.wx[k] = wx[k][i];
+      b.wy[k] = wy[k][i];
+      b.gx[k] = gwx[k][i];
+      b.gy[k] = gwy[k][i];
+    }
+    b.inside = 0xffff;
+    b.dx = d.x;
+    b.dy = d.y;
+    return b;
+  }
+};
+
+template <bool kBackward, Padding P, bool kAlignCorners, typename acc_t, typename index_t,
+          typename Source>
+STN_VECTOR_CLONES void locate_cubic_run(CubicRun<acc_t, index_t>& run, const Source& src,
+                                        const RunStart& at, int64_t W,
+                                        const Plane<index_t> plane) {  // by value: in registers
+  run.size = at.size;
+  load_points(run, src, at, W);
+  for (int i = 0; i < run.size; ++i) {  // vectorised; as bicubic_point for interior points
+    const acc_t px = unnormalize(run.gx[i], plane.W, kAlignCorners).val;
+    const acc_t py = unnormalize(run.gy[i], plane.H, kAlignCorners).val;
+    const acc_t x0 = math::floor(px), y0 = math::floor(py);
+    // tap_indices' test, false for NaN and infinities.
+    const bool interior = x0 >= acc_t(1) && x0 <= acc_t(plane.W - 3) && y0 >= acc_t(1) &&
+                          y0 <= acc_t(plane.H - 3);
+    run.interior[i] = interior;
+    run.x_offset[i] = (static_cast<index_t>(interior ? x0 : acc_t(1)) - 1) * plane.sW;
+    run.y_offset[i] = (static_cast<index_t>(interior ? y0 : acc_t(1)) - 1) * plane.sH;
+    acc_t w[2][4];
+    cubic_weights(px - x0, w[0]);
+    cubic_weights(py - y0, w[1]);
+    for (int k = 0; k < 4; ++k) {
+      run.wx[k][i] = w[0][k];
+      run.wy[k][i] = w[1][k];
+    }
+    if constexpr (kBackward) {
+      cubic_weight_grads(px - x0, w[0]);
+      cubic_weight_grads(py - y0, w[1]);
+      for (int k = 0; k < 4; ++k) {
+        run.gwx[k][i] = w[0][k];
+        run.gwy[k][i] = w[1][k];
+      }
+    }
+  }
+  for (int i = 0; i < run.size; ++i) {
+    if (!run.interior[i]) {
+      run.edge[i] = bicubic_point<index_t>(run.gx[i], run.gy[i], plane, P, kAlignCorners);
+    }
+  }
+}
+
+// mode="bicubic", forward: phase 1, then each channel's points, into a
+// contiguous output. An interior point sums its taps as bicubic_interpolate
+// does, in the same order, without masks.
 template <Padding P, bool kAlignCorners, typename acc_t, typename scalar_t, typename index_t,
           typename Source>
-void bicubic_run(const Source& src, const RunStart& at, const Plane<index_t> plane,
-                 const Image<const scalar_t>& in, const Image<scalar_t>& out) {
-  const scalar_t* in_n = in.plane(at.n, 0);
-  scalar_t* out_run = out.plane(at.n, 0) + out.offset(at.h, at.w);
-  for_each_point(at, out.W, [&](int i, int64_t h, int64_t w) {
-    const auto pt = src.template point<acc_t>(at.n, h, w);
-    const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, P, kAlignCorners);
-    for (int64_t c = 0; c < in.C; ++c) {
-      out_run[i + c * out.sC] = static_cast<scalar_t>(bicubic_interpolate(in_n + c * in.sC, b));
+void bicubic_run(CubicRun<acc_t, index_t>& run, const Source& src, const RunStart& at,
+                 const Plane<index_t> plane, const Image<const scalar_t>& in,
+                 const Image<scalar_t>& out) {
+  locate_cubic_run<false, P, kAlignCorners>(run, src, at, out.W, plane);
+  const index_t sW = plane.sW, sH = plane.sH;
+  for (int64_t c = 0; c < in.C; ++c) {
+    const scalar_t* data = in.plane(at.n, c);
+    scalar_t* out_c = out.plane(at.n, c) + out.offset(at.h, at.w);
+    for (int i = 0; i < run.size; ++i) {
+      if (!run.interior[i]) {
+        out_c[i] = static_cast<scalar_t>(bicubic_interpolate(data, run.edge[i]));
+        continue;
+      }
+      const scalar_t* taps = data + run.y_offset[i] + run.x_offset[i];
+      auto row = [&](int j) {
+        const scalar_t* r = taps + j * sH;
+        return static_cast<acc_t>(r[0]) * run.wx[0][i] + static_cast<acc_t>(r[sW]) * run.wx[1][i] +
+               static_cast<acc_t>(r[2 * sW]) * run.wx[2][i] +
+               static_cast<acc_t>(r[3 * sW]) * run.wx[3][i];
+      };
+      out_c[i] = static_cast<scalar_t>(row(0) * run.wy[0][i] + row(1) * run.wy[1][i] +
+                                       row(2) * run.wy[2][i] + row(3) * run.wy[3][i]);
     }
-  });
+  }
 }
+
+// A run after phase 1, for sampling mode I.
+template <Interpolation I, typename acc_t, typename index_t>
+using RunOf = std::conditional_t<I == Interpolation::Bicubic, CubicRun<acc_t, index_t>,
+                                 Run<I, acc_t, index_t>>;
 
 template <typename scalar_t, typename Source>
 void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor& output,
@@ -401,11 +499,11 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
       at::parallel_for(0, out.N * runs.per_plane, grain, [&, plane](int64_t begin, int64_t end) {
-        Run<I, acc_t, index_t> run;
+        RunOf<I, acc_t, index_t> run;
         for (int64_t r = begin; r < end; ++r) {
           const RunStart at = runs[r];
           if constexpr (I == Interpolation::Bicubic) {
-            bicubic_run<P, kAlignCorners, acc_t>(src, at, plane, in, out);
+            bicubic_run<P, kAlignCorners>(run, src, at, plane, in, out);
           } else {
             locate_run<false, I, P, kAlignCorners>(run, src, at, out.W, plane);
             interpolate_run<I>(run, plane, in.plane(at.n, 0), in.sC,
@@ -595,16 +693,20 @@ void backward_run_by_point(const Run<I, acc_t, index_t>& run, const RunStart& at
   });
 }
 
-// mode="bicubic": the backward of a run's points, one by one (as bicubic_run).
+// mode="bicubic": the backward of a run, phase 1 (locate_cubic_run), then
+// point by point through the channels.
 template <Padding P, bool kAlignCorners, typename acc_t, typename index_t, typename scalar_t,
           typename Source, typename Sink>
-void bicubic_backward_run(const Source& src, const RunStart& at, const Plane<index_t> plane,
-                          const Image<const scalar_t>& in, const Image<const scalar_t>& go,
-                          const Image<acc_t>& gi, bool need_grid_grad, Sink& sink) {
+void bicubic_backward_run(CubicRun<acc_t, index_t>& run, const Source& src, const RunStart& at,
+                          const Plane<index_t> plane, const Image<const scalar_t>& in,
+                          const Image<const scalar_t>& go, const Image<acc_t>& gi,
+                          bool need_grid_grad, Sink& sink) {
   const bool need_input_grad = gi.data != nullptr;
-  for_each_point(at, go.W, [&](int, int64_t h, int64_t w) {
-    const auto pt = src.template point<acc_t>(at.n, h, w);
-    const auto b = bicubic_point<index_t>(pt.x, pt.y, plane, P, kAlignCorners);
+  locate_cubic_run<true, P, kAlignCorners>(run, src, at, go.W, plane);
+  const Point2<acc_t> d{unnormalize(acc_t(0), plane.W, kAlignCorners).grad,
+                        unnormalize(acc_t(0), plane.H, kAlignCorners).grad};
+  for_each_point(at, go.W, [&](int i, int64_t h, int64_t w) {
+    const auto b = run.interior[i] ? run.interior_point(i, plane, d) : run.edge[i];
     point_backward<index_t>(in, go, gi, need_grid_grad, at.n, h, w, {b.dx, b.dy}, sink,
                             [&](const scalar_t* data, acc_t g, auto& add, Point2<acc_t>& grad) {
       bicubic_backward(data, g, b, need_input_grad, need_grid_grad, add, grad);
@@ -646,12 +748,13 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
       const bool by_channel = gathers || in.C == 1 || I == Interpolation::Nearest;
       at::parallel_for(0, go.N, 1, [&, plane](int64_t n0, int64_t n1) {
         Sink s = sink;
-        Run<I, acc_t, index_t> run;
+        RunOf<I, acc_t, index_t> run;
         for (int64_t n = n0; n < n1; ++n) {
           for (int64_t r = n * runs.per_plane; r < (n + 1) * runs.per_plane; ++r) {
             const RunStart at = runs[r];
             if constexpr (I == Interpolation::Bicubic) {
-              bicubic_backward_run<P, kAlignCorners>(src, at, plane, in, go, gi, need_grid_grad, s);
+              bicubic_backward_run<P, kAlignCorners>(run, src, at, plane, in, go, gi,
+                                                     need_grid_grad, s);
             } else {
               locate_run<true, I, P, kAlignCorners>(run, src, at, go.W, plane);
               if (by_channel) {
