@@ -1,7 +1,8 @@
 // CPU kernels for volumes (5-D input): at::parallel_for over output rows
-// (forward) or batch elements (backward), with a plain loop over each row's
-// points around the volume math of sampler_math.h, in 32-bit offsets within a
-// volume where they fit (with_index_type). Deterministic: the backward
+// (forward) or batch elements (backward), with plain loops over each row's
+// points around the volume math of sampler_math.h (up to kChunk points of a
+// row located, then each channel's values or gradients of them), in 32-bit
+// offsets within a volume where they fit (with_index_type). Deterministic: the backward
 // pass gives each batch element to one thread, so grad_input is summed in a
 // fixed order (ATen's: points in (d, h, w) order, channels innermost).
 #include <ATen/Dispatch.h>
@@ -16,6 +17,7 @@ namespace stn {
 namespace {
 
 constexpr int64_t kGrainSize = 32768;  // work per parallel task, as ATen's GRAIN_SIZE
+constexpr int kChunk = 64;             // points of a row located at a time
 
 // Gradient sinks: where the gradient with respect to each point's source
 // coordinates goes. Points are numbered p = (d * H_out + h) * W_out + w.
@@ -58,15 +60,28 @@ void volume_forward(const at::Tensor& input, const Source& src, const at::Tensor
   const auto out = image3_of<scalar_t>(output);
   with_index_type(in, [&](auto index) {
     const auto vol = in.template volume_shape<decltype(index)>();
+    const bool nearest = sampling.interpolation == Interpolation::Nearest;
     at::parallel_for(0, out.N * out.D * out.H, grain_for(out.W * in.C),
                      [&](int64_t begin, int64_t end) {
+      Corners3<acc_t, decltype(index)> corners[kChunk];
       for (int64_t row = begin; row < end; ++row) {
         const int64_t h = row % out.H, d = row / out.H % out.D, n = row / out.H / out.D;
-        for (int64_t w = 0; w < out.W; ++w) {
-          const auto loc = locate(src.template point<acc_t>(n, d, h, w), vol, sampling);
+        for (int64_t w0 = 0; w0 < out.W; w0 += kChunk) {
+          const int size = static_cast<int>(std::min<int64_t>(kChunk, out.W - w0));
+          for (int i = 0; i < size; ++i) {
+            corners[i] = locate(src.template point<acc_t>(n, d, h, w0 + i), vol, sampling).corners;
+          }
           for (int64_t c = 0; c < in.C; ++c) {
-            out.volume(n, c)[out.offset(d, h, w)] =
-                static_cast<scalar_t>(interpolate(in.volume(n, c), loc.corners, vol));
+            const scalar_t* in_c = in.volume(n, c);
+            scalar_t* out_c = out.volume(n, c) + out.offset(d, h, w0);
+            for (int i = 0; i < size; ++i) {
+              const auto& k = corners[i];
+              // Nearest: interpolate's sum of its one neighbour, -0 + v * 1, is v.
+              const acc_t v = !nearest  ? interpolate(in_c, k, vol)
+                              : k.inside ? static_cast<acc_t>(in_c[k.base])
+                                         : acc_t(0);
+              out_c[i * out.sW] = static_cast<scalar_t>(v);
+            }
           }
         }
       }
@@ -87,24 +102,42 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   with_index_type(in, [&](auto index) {
     using index_t = decltype(index);
     const auto vol = in.template volume_shape<index_t>();
+    const bool nearest = sampling.interpolation == Interpolation::Nearest;
     at::parallel_for(0, go.N, 1, [&](int64_t n0, int64_t n1) {
       Sink s = sink;
+      Located3<acc_t, index_t> loc[kChunk];
+      Point3<acc_t> g[kChunk];
       for (int64_t n = n0; n < n1; ++n) {
-        int64_t p = 0;
-        for (int64_t d = 0; d < go.D; ++d) {
-          for (int64_t h = 0; h < go.H; ++h) {
-            for (int64_t w = 0; w < go.W; ++w, ++p) {
-              const auto loc = locate(src.template point<acc_t>(n, d, h, w), vol, sampling);
-              const auto& t = loc.t;
-              Point3<acc_t> g{acc_t(0), acc_t(0), acc_t(0)};
-              for (int64_t c = 0; c < in.C; ++c) {
-                acc_t* gi_volume = need_input_grad ? gi.volume(n, c) : nullptr;
-                auto add = [gi_volume](index_t offset, acc_t v) { gi_volume[offset] += v; };
-                const acc_t grad_out = static_cast<acc_t>(go.volume(n, c)[go.offset(d, h, w)]);
-                interpolate_backward(in.volume(n, c), grad_out, loc.corners, t, vol,
-                                     need_input_grad, need_grid_grad, add, g);
+        for (int64_t row = 0; row < go.D * go.H; ++row) {
+          const int64_t d = row / go.H, h = row % go.H;
+          for (int64_t w0 = 0; w0 < go.W; w0 += kChunk) {
+            const int size = static_cast<int>(std::min<int64_t>(kChunk, go.W - w0));
+            for (int i = 0; i < size; ++i) {
+              loc[i] = locate(src.template point<acc_t>(n, d, h, w0 + i), vol, sampling);
+              g[i] = {acc_t(0), acc_t(0), acc_t(0)};
+            }
+            // Each channel in turn: every grad_input element still gets its adds in
+            // the order of the points, and every point its channels' in theirs.
+            for (int64_t c = 0; c < in.C; ++c) {
+              const scalar_t* in_c = in.volume(n, c);
+              const scalar_t* go_c = go.volume(n, c) + go.offset(d, h, w0);
+              acc_t* gi_c = need_input_grad ? gi.volume(n, c) : nullptr;
+              auto add = [gi_c](index_t offset, acc_t v) { gi_c[offset] += v; };
+              for (int i = 0; i < size; ++i) {
+                const acc_t grad_out = static_cast<acc_t>(go_c[i * go.sW]);
+                const auto& k = loc[i].corners;
+                if (nearest) {  // interpolate_backward's one add, of 1 * grad_out
+                  if (need_input_grad && k.inside) add(k.base, grad_out);
+                  continue;
+                }
+                interpolate_backward(in_c, grad_out, k, loc[i].t, vol, need_input_grad,
+                                     need_grid_grad, add, g[i]);
               }
-              if (need_grid_grad) s.add(n, p, d, h, w, {g.x * t.x.d, g.y * t.y.d, g.z * t.z.d});
+            }
+            for (int i = 0; need_grid_grad && i < size; ++i) {
+              const auto& t = loc[i].t;
+              s.add(n, row * go.W + w0 + i, d, h, w0 + i,
+                    {g[i].x * t.x.d, g[i].y * t.y.d, g[i].z * t.z.d});
             }
           }
         }
