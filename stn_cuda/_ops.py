@@ -131,7 +131,8 @@ def _save_backward_inputs(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(*inputs[:3])
     ctx.options = inputs[3:6]
-    # The grid's (theta's) gradient below is reduced the same way as the first backward's.
+    # A call that asked for the deterministic path asks for it again below (the flags in force
+    # are read by the ops themselves).
     ctx.deterministic = len(inputs) > 7 and inputs[7]
 
 

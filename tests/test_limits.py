@@ -209,3 +209,19 @@ def test_dense_volume_past_2_31(big_device):
     rg, = grads(ref, (local,), go.view(ref.shape))
     torch.testing.assert_close(gg.reshape(-1, 3).double().cpu(), rg.reshape(-1, 3) * (size - 1),
                                atol=1e-5 * w, rtol=1e-4)
+
+
+def test_bicubic_taps_of_an_image_wider_than_2_24(device):
+    """Past 2**24 columns float32 cannot hold every column: a point at column W - 2 still
+    has a tap past the image (float(W - 3) rounds up to W - 2), which reads as 0, as
+    torch's do, rather than the element after the row (here NaN). Only the grid's gradient
+    is asked for, so the input stays a view of one row."""
+    width = 2**24 + 6
+    row = torch.zeros(width + 1, device=device)
+    row[width] = float("nan")
+    input = row.as_strided((1, 1, 5, width), (0, 0, 0, 1))
+    grid = torch.tensor([[[[1 - 2**-24, -0.5]]]], device=device, requires_grad=True)  # x: W - 2
+    for sample in (stn_cuda.grid_sample, F.grid_sample):
+        out = sample(input, grid, mode="bicubic", align_corners=True)
+        gg, = grads(out, (grid,), torch.ones_like(out))
+        assert out.item() == 0 and torch.equal(gg, torch.zeros_like(gg))

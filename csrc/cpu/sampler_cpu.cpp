@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -371,7 +372,8 @@ struct ThetaGradSink {  // grad_theta (N, 2, 3), contiguous
 };
 
 // mode="bicubic": a run's points after phase 1. A point whose 16 taps all lie
-// inside the image (`interior`: most points of most transforms) needs no
+// inside the image (`interior`: most points of most transforms; those of the
+// widest images' last columns and rows may count as edge points) needs no
 // padding and no mask, only the offsets of its first column and row of taps
 // and its weights, which the vectorised loop of locate_cubic_run finds; the
 // others (edge points) get their full Bicubic from bicubic_point in a scalar
@@ -408,6 +410,13 @@ struct CubicRun {
   }
 };
 
+// The largest T at most n (T(n) rounds to the nearest, which may be above).
+template <typename T>
+T at_most(int64_t n) {
+  const T t = static_cast<T>(n);
+  return static_cast<int64_t>(t) > n ? std::nextafter(t, T(0)) : t;
+}
+
 template <bool kBackward, Padding P, bool kAlignCorners, typename acc_t, typename index_t,
           typename Source>
 STN_VECTOR_CLONES void locate_cubic_run(CubicRun<acc_t, index_t>& run, const Source& src,
@@ -415,13 +424,15 @@ STN_VECTOR_CLONES void locate_cubic_run(CubicRun<acc_t, index_t>& run, const Sou
                                         const Plane<index_t> plane) {  // by value: in registers
   run.size = at.size;
   load_points(run, src, at, W);
+  // The interior points' x0 and y0: from 1 to W - 3 and H - 3, bounds that
+  // acc_t may not hold exactly (float, past 2^24): then the nearest below.
+  const acc_t last_x = at_most<acc_t>(plane.W - 3), last_y = at_most<acc_t>(plane.H - 3);
   for (int i = 0; i < run.size; ++i) {  // vectorised; as bicubic_point for interior points
     const acc_t px = unnormalize(run.gx[i], plane.W, kAlignCorners).val;
     const acc_t py = unnormalize(run.gy[i], plane.H, kAlignCorners).val;
     const acc_t x0 = math::floor(px), y0 = math::floor(py);
-    // tap_indices' test, false for NaN and infinities.
-    const bool interior = x0 >= acc_t(1) && x0 <= acc_t(plane.W - 3) && y0 >= acc_t(1) &&
-                          y0 <= acc_t(plane.H - 3);
+    // False for NaN and infinities.
+    const bool interior = x0 >= acc_t(1) && x0 <= last_x && y0 >= acc_t(1) && y0 <= last_y;
     run.interior[i] = interior;
     run.x_offset[i] = (static_cast<index_t>(interior ? x0 : acc_t(1)) - 1) * plane.sW;
     run.y_offset[i] = (static_cast<index_t>(interior ? y0 : acc_t(1)) - 1) * plane.sH;

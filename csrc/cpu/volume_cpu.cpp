@@ -2,9 +2,10 @@
 // (forward) or batch elements (backward), with plain loops over each row's
 // points around the volume math of sampler_math.h (up to kChunk points of a
 // row located, then each channel's values or gradients of them), in 32-bit
-// offsets within a volume where they fit (with_index_type). Deterministic: the backward
-// pass gives each batch element to one thread, so grad_input is summed in a
-// fixed order (ATen's: points in (d, h, w) order, channels innermost).
+// offsets within a volume where they fit (with_index_type). Deterministic: the
+// backward pass gives each batch element to one thread, so grad_input is
+// summed in a fixed order (ATen's: each element's terms in (d, h, w) order of
+// their points).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
