@@ -661,13 +661,13 @@ struct Trilinear {
   Linear<T, index_t> x, y, z;
 };
 
-template <typename index_t, typename T>
+template <typename index_t, bool kBounded = false, typename T>
 STN_HD Trilinear<T, index_t> trilinear_point(Point3<T> g, int64_t D, int64_t H, int64_t W,
                                              Padding padding, bool align_corners) {
   const T not_finite = (g.x - g.x) + (g.y - g.y) + (g.z - g.z);  // 0 if finite, else NaN
-  return {linear_axis<index_t>(g.x, not_finite, W, padding, align_corners),
-          linear_axis<index_t>(g.y, not_finite, H, padding, align_corners),
-          linear_axis<index_t>(g.z, not_finite, D, padding, align_corners)};
+  return {linear_axis<index_t, kBounded>(g.x, not_finite, W, padding, align_corners),
+          linear_axis<index_t, kBounded>(g.y, not_finite, H, padding, align_corners),
+          linear_axis<index_t, kBounded>(g.z, not_finite, D, padding, align_corners)};
 }
 
 // The extent and strides of one input volume (one channel).
@@ -728,17 +728,17 @@ STN_HD Corners3<T, index_t> corners(const Trilinear<T, index_t>& t, const Volume
 }
 
 // Step 1 and 2 for a volume: a point's trilinear position and the neighbours
-// it reads in the sampling's mode.
+// it reads in the sampling's mode. kBounded: see reflect.
 template <typename T, typename index_t>
 struct Located3 {
   Trilinear<T, index_t> t;
   Corners3<T, index_t> corners;
 };
 
-template <typename index_t, typename T>
+template <bool kBounded = false, typename index_t, typename T>
 STN_HD Located3<T, index_t> locate(Point3<T> g, const Volume<index_t>& vol, Sampling sampling) {
-  const auto t = trilinear_point<index_t>(g, vol.D, vol.H, vol.W, sampling.padding,
-                                          sampling.align_corners);
+  const auto t = trilinear_point<index_t, kBounded>(g, vol.D, vol.H, vol.W, sampling.padding,
+                                                    sampling.align_corners);
   return {t, corners(t, vol, sampling.interpolation)};
 }
 

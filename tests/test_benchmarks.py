@@ -236,3 +236,26 @@ def test_overhead_benchmark_runs(capsys, monkeypatch):
     for line in lines[2:]:
         torch_us, stn_us, ratio = map(float, line.split()[-3:])
         assert torch_us > 0 and stn_us > 0 and ratio > 0
+
+
+@pytest.mark.parametrize("volumes", [False, True], ids=["images", "volumes"])
+def test_cpu_vs_aten_runs(capsys, monkeypatch, volumes):
+    """python -m benchmarks.cpu_vs_aten: a line per shape and direction, both times."""
+    from benchmarks import cpu_vs_aten
+    monkeypatch.setattr(cpu_vs_aten, "SHAPES", [(2, 3, 5, 7)])
+    monkeypatch.setattr(cpu_vs_aten, "VOLUME_SHAPES", [(2, 3, 4, 5, 7)])
+    argv = ["cpu_vs_aten", "--reps", "1", "--mode", "nearest", "--padding-mode", "reflection"]
+    monkeypatch.setattr(sys, "argv", argv + (["--volumes"] if volumes else []))
+    cpu_vs_aten.main()
+    lines = capsys.readouterr().out.splitlines()
+    rows = lines[2:-1]
+    assert [row.split()[-4] for row in rows] == ["forward", "fwd+bwd"]
+    assert all(float(t) > 0 for row in rows for t in row.split()[-3:])
+    assert "padding_mode=reflection" in lines[0] and lines[-1].startswith("worst stn/aten ratio")
+
+
+def test_cpu_vs_aten_has_no_bicubic_volumes(monkeypatch):
+    from benchmarks import cpu_vs_aten
+    monkeypatch.setattr(sys, "argv", ["cpu_vs_aten", "--volumes", "--mode", "bicubic"])
+    with pytest.raises(SystemExit):
+        cpu_vs_aten.main()

@@ -37,6 +37,23 @@ def test_far_out_of_range(device, mode, padding_mode, align_corners):
                   (input, grid))
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_reflection_folds(device, mode, align_corners, dtype):
+    """As for images (test_grid_sample.py): every fold of each axis in turn and one ulp
+    either side, and float32 positions past 2**21 pixels, where the CPU's vectorised loop
+    leaves the point to fmod."""
+    folds = torch.arange(-13.0, 14.0, 2.0, dtype=dtype)
+    x = torch.cat([folds, torch.nextafter(folds, folds - 1), torch.nextafter(folds, folds + 1),
+                   torch.tensor([-1e6, 1e6, 3.3e6, -7.7e6], dtype=dtype)])
+    other = torch.full_like(x, 0.3)
+    grid = torch.stack([torch.stack([x, other, other], -1), torch.stack([other, x, other], -1),
+                        torch.stack([other, other, x], -1)])[None, :, None].to(device)
+    input = torch.randn(1, 2, 5, 3, 7, dtype=dtype, device=device)
+    check_against(ours("reflection", align_corners, mode), theirs("reflection", align_corners, mode),
+                  (input.requires_grad_(), grid.requires_grad_()), atol=1e-5, rtol=1e-5)
+
+
 def test_nearest_rounds_halves_to_even(device, align_corners):
     size = 6
     half = (torch.arange(-2, 2 * size + 2) + 0.5) / 2  # pixel positions 0.25 apart, halves included

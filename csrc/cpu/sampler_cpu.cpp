@@ -30,40 +30,13 @@
 #endif
 
 #include "../kernels.h"
+#include "common.h"
 
 namespace stn {
 namespace {
 
 constexpr int kRun = 64;               // points per run
 constexpr int64_t kGrainSize = 32768;  // work per parallel task, as ATen's GRAIN_SIZE
-
-// Call f(interpolation, padding, align_corners) with all three as compile-time
-// constants, so that the loop over points has no branches.
-template <typename F>
-void with_modes(Sampling sampling, F&& f) {
-  auto with_align = [&](auto interpolation, auto padding) {
-    if (sampling.align_corners) return f(interpolation, padding, std::true_type{});
-    return f(interpolation, padding, std::false_type{});
-  };
-  auto with_padding = [&](auto interpolation) {
-    switch (sampling.padding) {
-      case Padding::Zeros:
-        return with_align(interpolation, std::integral_constant<Padding, Padding::Zeros>{});
-      case Padding::Border:
-        return with_align(interpolation, std::integral_constant<Padding, Padding::Border>{});
-      case Padding::Reflection:
-        return with_align(interpolation, std::integral_constant<Padding, Padding::Reflection>{});
-    }
-  };
-  switch (sampling.interpolation) {
-    case Interpolation::Nearest:
-      return with_padding(std::integral_constant<Interpolation, Interpolation::Nearest>{});
-    case Interpolation::Bicubic:
-      return with_padding(std::integral_constant<Interpolation, Interpolation::Bicubic>{});
-    default:
-      return with_padding(std::integral_constant<Interpolation, Interpolation::Bilinear>{});
-  }
-}
 
 // Where a run starts and how long it is: batch element n, output row h and
 // column w, `size` points from there in row-major order.
@@ -144,26 +117,6 @@ void load_points(RunT& run, const TensorGrid<scalar_t>& grid, const RunStart& at
   });
 }
 
-// theta's grid with the target coordinate of every column and row computed once
-// per call (target_coordinate divides twice) and then looked up.
-template <typename acc_t>
-struct TabulatedThetaGrid {
-  const acc_t* theta;
-  std::vector<acc_t> xs, ys;
-
-  explicit TabulatedThetaGrid(const ThetaGrid<acc_t>& grid)
-      : theta(grid.theta), xs(grid.W_out), ys(grid.H_out) {
-    for (int64_t w = 0; w < grid.W_out; ++w) xs[w] = grid.xt(w);
-    for (int64_t h = 0; h < grid.H_out; ++h) ys[h] = grid.yt(h);
-  }
-  acc_t xt(int64_t w) const { return xs[w]; }
-  acc_t yt(int64_t h) const { return ys[h]; }
-  template <typename T>
-  Point2<T> point(int64_t n, int64_t h, int64_t w) const {
-    return apply_affine<acc_t>(theta + 6 * n, xs[w], ys[h]);
-  }
-};
-
 template <typename RunT, typename acc_t>
 void load_points(RunT& run, const TabulatedThetaGrid<acc_t>& theta, const RunStart& at,
                  int64_t W) {
@@ -173,21 +126,6 @@ void load_points(RunT& run, const TabulatedThetaGrid<acc_t>& theta, const RunSta
     run.gy[i] = pt.y;
   });
 }
-
-// Phase 1 is built for AVX-512 (GCC 12 on: x86-64-v4, measured 7 % faster on
-// the 256x1x28x28 forward than AVX2 on a Zen 4), for AVX2 and for the baseline
-// x86-64, and the loader picks the one the CPU runs (GCC function
-// multi-versioning). No fused multiply-adds in any of them (setup.py builds
-// with -ffp-contract=off): the rounding follows ATen's, the same on every CPU.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#if __GNUC__ >= 12
-#define STN_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define STN_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#else
-#define STN_VECTOR_CLONES
-#endif
 
 // Phase 1: the points of a run (W: the output's width), and their corners.
 // With reflection padding, the vectorised loop reflects only coordinates that
@@ -505,7 +443,7 @@ void sample_forward(const at::Tensor& input, const Source& src, const at::Tensor
   const Runs runs(out.H, out.W);
   const int64_t grain = std::max<int64_t>(1, kGrainSize / (kRun * std::max<int64_t>(1, in.C)));
   const bool gathers = tuning().cpu_gathers && cpu_has_gathers();
-  with_modes(sampling, [&](auto I, auto P, auto kAlignCorners) {
+  with_modes</*kVolume=*/false>(sampling, [&](auto I, auto P, auto kAlignCorners) {
     with_index_type(in, [&](auto index) {
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
@@ -735,7 +673,7 @@ void sample_backward(const at::Tensor& grad_output, const at::Tensor& input, con
   // grad_input is allocated contiguous with the input's memory format, so its
   // plane strides equal the input's or (channels_last) match them too.
   const auto gi = grad_input.defined() ? image_of<acc_t>(grad_input) : Image<acc_t>{};
-  with_modes(sampling, [&](auto I, auto P, auto kAlignCorners) {
+  with_modes</*kVolume=*/false>(sampling, [&](auto I, auto P, auto kAlignCorners) {
     with_index_type(in, [&](auto index) {
       using index_t = decltype(index);
       const auto plane = in.template plane_shape<index_t>();
