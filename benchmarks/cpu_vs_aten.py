@@ -1,7 +1,8 @@
 """CPU cost of stn_cuda.grid_sample against ATen's CPU grid_sample, side by side in one
 process (issue 2's acceptance check): median time of forward and forward+backward.
 
-    python -m benchmarks.cpu_vs_aten [--mode bilinear|nearest|bicubic] [--padding-mode zeros]
+    python -m benchmarks.cpu_vs_aten [--mode bilinear|nearest|bicubic]
+                                     [--padding-mode zeros|border|reflection]
                                      [--volumes] [--reps 15] [--threads N]
 
 --volumes times 5-D inputs (bilinear, that is trilinear, or nearest) in place of images.

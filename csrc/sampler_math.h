@@ -661,6 +661,7 @@ struct Trilinear {
   Linear<T, index_t> x, y, z;
 };
 
+// kBounded: see reflect.
 template <typename index_t, bool kBounded = false, typename T>
 STN_HD Trilinear<T, index_t> trilinear_point(Point3<T> g, int64_t D, int64_t H, int64_t W,
                                              Padding padding, bool align_corners) {
@@ -728,13 +729,14 @@ STN_HD Corners3<T, index_t> corners(const Trilinear<T, index_t>& t, const Volume
 }
 
 // Step 1 and 2 for a volume: a point's trilinear position and the neighbours
-// it reads in the sampling's mode. kBounded: see reflect.
+// it reads in the sampling's mode.
 template <typename T, typename index_t>
 struct Located3 {
   Trilinear<T, index_t> t;
   Corners3<T, index_t> corners;
 };
 
+// kBounded: see reflect.
 template <bool kBounded = false, typename index_t, typename T>
 STN_HD Located3<T, index_t> locate(Point3<T> g, const Volume<index_t>& vol, Sampling sampling) {
   const auto t = trilinear_point<index_t, kBounded>(g, vol.D, vol.H, vol.W, sampling.padding,

@@ -249,13 +249,16 @@ def test_cpu_vs_aten_runs(capsys, monkeypatch, volumes):
     cpu_vs_aten.main()
     lines = capsys.readouterr().out.splitlines()
     rows = lines[2:-1]
+    shape = str((2, 3, 4, 5, 7) if volumes else (2, 3, 5, 7))
     assert [row.split()[-4] for row in rows] == ["forward", "fwd+bwd"]
+    assert all(row.strip().startswith(shape) for row in rows)
     assert all(float(t) > 0 for row in rows for t in row.split()[-3:])
     assert "padding_mode=reflection" in lines[0] and lines[-1].startswith("worst stn/aten ratio")
 
 
-def test_cpu_vs_aten_has_no_bicubic_volumes(monkeypatch):
+def test_cpu_vs_aten_has_no_bicubic_volumes(capsys, monkeypatch):
     from benchmarks import cpu_vs_aten
     monkeypatch.setattr(sys, "argv", ["cpu_vs_aten", "--volumes", "--mode", "bicubic"])
     with pytest.raises(SystemExit):
         cpu_vs_aten.main()
+    assert "no bicubic mode" in capsys.readouterr().err

@@ -50,8 +50,32 @@ def test_reflection_folds(device, mode, align_corners, dtype):
     grid = torch.stack([torch.stack([x, other, other], -1), torch.stack([other, x, other], -1),
                         torch.stack([other, other, x], -1)])[None, :, None].to(device)
     input = torch.randn(1, 2, 5, 3, 7, dtype=dtype, device=device)
+    exact = dict(atol=0, rtol=0) if device == "cpu" else dict(atol=1e-5, rtol=1e-5)  # README
     check_against(ours("reflection", align_corners, mode), theirs("reflection", align_corners, mode),
-                  (input.requires_grad_(), grid.requires_grad_()), atol=1e-5, rtol=1e-5)
+                  (input.requires_grad_(), grid.requires_grad_()), **exact)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_longer_than_a_chunk(device, mode, padding_mode, align_corners):
+    """Rows of 150 points (the CPU locates 64 at a time): far and one-ulp-off-a-fold points
+    in every chunk (non-finite ones: test_non_finite_points_contribute_nothing), through
+    grid_sample and affine_sample."""
+    input, grid = make((2, 3, 3, 4, 5, 2, 3, 150), device, dtype=torch.float32, spread=1.2)
+    grid = grid.detach().clone()
+    for w in (5, 70, 140):
+        grid[0, 1, 2, w] = torch.tensor([3.3e6, -1.0, 0.5])
+        grid[1, 0, 1, w + 1] = torch.tensor([0.2, -2.5e5, 0.1])
+        grid[1, 1, 0, w + 2, 2] = torch.nextafter(torch.tensor(-3.0), torch.tensor(0.0))
+    check_against(ours(padding_mode, align_corners, mode), theirs(padding_mode, align_corners, mode),
+                  (input, grid.requires_grad_()))
+    # In float64: float32 affine_grid rounds its matrix product differently.
+    input, theta = input.double(), random_theta(2, torch.float64, device, spread=2.0, dims=3)
+    check_against(
+        lambda x, t: stn_cuda.affine_sample(x, t, (2, 3, 150), mode=mode, padding_mode=padding_mode,
+                                            align_corners=align_corners),
+        lambda x, t: F.grid_sample(x, F.affine_grid(t, (2, 3, 2, 3, 150), align_corners=align_corners),
+                                   mode, padding_mode, align_corners=align_corners),
+        (input, theta.requires_grad_()))
 
 
 def test_nearest_rounds_halves_to_even(device, align_corners):

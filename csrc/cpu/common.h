@@ -44,7 +44,8 @@ void with_padding(Sampling sampling, F&& f) {
 }
 
 // f(interpolation, padding, align_corners): for an image, bilinear, nearest or
-// bicubic; for a volume (kVolume), bilinear or nearest.
+// bicubic; for a volume (kVolume), bilinear or nearest (ops.cpp refuses
+// bicubic volumes).
 template <bool kVolume, typename F>
 void with_modes(Sampling sampling, F&& f) {
   auto with = [&](auto interpolation) {

@@ -1,7 +1,7 @@
-// CPU kernels: at::parallel_for over runs of output points (forward) or batch
-// elements (backward), around the per-point math of sampler_math.h.
-// Deterministic: the backward pass gives each batch element to one thread, so
-// grad_input is summed in a fixed order.
+// CPU kernels for images (4-D input): at::parallel_for over runs of output
+// points (forward) or batch elements (backward), around the per-point math of
+// sampler_math.h. Deterministic: the backward pass gives each batch element to
+// one thread, so grad_input is summed in a fixed order.
 //
 // A run is up to kRun consecutive output points of one batch element, in
 // row-major order: it wraps from the end of one row to the start of the next,

@@ -135,12 +135,14 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
       using index_t = decltype(index);
       const auto vol = in.template volume_shape<index_t>();
       constexpr bool nearest = I == Interpolation::Nearest;
+      // Nearest needs only each point's neighbour (kernels.h: no gradient to its grid).
+      TORCH_INTERNAL_ASSERT(!(nearest && need_grid_grad), "nearest sampling's grid gradient");
       at::parallel_for(0, go.N, 1, [&](int64_t n0, int64_t n1) {
         Sink s = sink;
         Point3<acc_t> p[kChunk], g[kChunk];
         Located3<acc_t, index_t> loc[kChunk];
         auto keep = [&](int i, const auto& located) {
-          if constexpr (nearest) {  // its grid gets no gradient (kernels.h)
+          if constexpr (nearest) {
             loc[i].corners = located.corners;
           } else {
             loc[i] = located;
@@ -152,7 +154,7 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
             for (int64_t w0 = 0; w0 < go.W; w0 += kChunk) {
               const int size = static_cast<int>(std::min<int64_t>(kChunk, go.W - w0));
               locate_chunk<I, P, kAlignCorners>(src, n, d, h, w0, size, vol, p, keep);
-              std::fill(g, g + size, Point3<acc_t>{});
+              if (need_grid_grad) std::fill(g, g + size, Point3<acc_t>{});
               // Each channel in turn: every grad_input element still gets its adds in
               // the order of the points, and every point its channels' in theirs.
               for (int64_t c = 0; c < in.C; ++c) {
@@ -165,16 +167,18 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
                   const auto& k = loc[i].corners;
                   if constexpr (nearest) {  // interpolate_backward's one add, of 1 * grad_out
                     if (need_input_grad && k.inside) add(k.base, grad_out);
-                    continue;
+                  } else {
+                    interpolate_backward(in_c, grad_out, k, loc[i].t, vol, need_input_grad,
+                                         need_grid_grad, add, g[i]);
                   }
-                  interpolate_backward(in_c, grad_out, k, loc[i].t, vol, need_input_grad,
-                                       need_grid_grad, add, g[i]);
                 }
               }
-              for (int i = 0; need_grid_grad && i < size; ++i) {
-                const auto& t = loc[i].t;
-                s.add(n, row * go.W + w0 + i, d, h, w0 + i,
-                      {g[i].x * t.x.d, g[i].y * t.y.d, g[i].z * t.z.d});
+              if constexpr (!nearest) {
+                for (int i = 0; need_grid_grad && i < size; ++i) {
+                  const auto& t = loc[i].t;
+                  s.add(n, row * go.W + w0 + i, d, h, w0 + i,
+                        {g[i].x * t.x.d, g[i].y * t.y.d, g[i].z * t.z.d});
+                }
               }
             }
           }
