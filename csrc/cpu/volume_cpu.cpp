@@ -55,8 +55,8 @@ int64_t grain_for(int64_t row_cost) {
   return std::max<int64_t>(1, kGrainSize / std::max<int64_t>(1, row_cost));
 }
 
-// Phase 1: the points w0 .. w0 + size - 1 of output row (n, d, h), their source
-// positions p, and where each lies, given to keep(i, located). With reflection
+// Phase 1: the points w0 .. w0 + size - 1 of output row (n, d, h), where each
+// of their source positions lies, given to keep(i, located). With reflection
 // padding, as for images (locate_run), the vectorised loop reflects only
 // coordinates that need no call to fmod (reflects_exactly), standing in 0 for
 // the others, which the scalar loop after it then locates.
@@ -64,9 +64,10 @@ template <Interpolation I, Padding P, bool kAlignCorners, typename acc_t, typena
           typename Source, typename KeepFn>
 STN_VECTOR_CLONES void locate_chunk(const Source& src, int64_t n, int64_t d, int64_t h,
                                     int64_t w0, int size, const Volume<index_t> vol,
-                                    Point3<acc_t>* p, KeepFn&& keep) {
+                                    KeepFn&& keep) {
   constexpr Sampling modes{I, P, kAlignCorners};
   constexpr bool kReflection = P == Padding::Reflection;
+  Point3<acc_t> p[kChunk];
   for (int i = 0; i < size; ++i) p[i] = src.template point<acc_t>(n, d, h, w0 + i);
   auto bounded = [&](int i) {
     return !kReflection || (reflects_exactly(p[i].x, vol.W) && reflects_exactly(p[i].y, vol.H) &&
@@ -93,14 +94,13 @@ void volume_forward(const at::Tensor& input, const Source& src, const at::Tensor
       constexpr bool nearest = I == Interpolation::Nearest;
       at::parallel_for(0, out.N * out.D * out.H, grain_for(out.W * in.C),
                        [&](int64_t begin, int64_t end) {
-        Point3<acc_t> p[kChunk];
         Corners3<acc_t, decltype(index)> corners[kChunk];
         auto keep = [&](int i, const auto& located) { corners[i] = located.corners; };
         for (int64_t row = begin; row < end; ++row) {
           const int64_t h = row % out.H, d = row / out.H % out.D, n = row / out.H / out.D;
           for (int64_t w0 = 0; w0 < out.W; w0 += kChunk) {
             const int size = static_cast<int>(std::min<int64_t>(kChunk, out.W - w0));
-            locate_chunk<I, P, kAlignCorners>(src, n, d, h, w0, size, vol, p, keep);
+            locate_chunk<I, P, kAlignCorners, acc_t>(src, n, d, h, w0, size, vol, keep);
             for (int64_t c = 0; c < in.C; ++c) {
               const scalar_t* in_c = in.volume(n, c);
               scalar_t* out_c = out.volume(n, c) + out.offset(d, h, w0);
@@ -139,7 +139,7 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
       TORCH_INTERNAL_ASSERT(!(nearest && need_grid_grad), "nearest sampling's grid gradient");
       at::parallel_for(0, go.N, 1, [&](int64_t n0, int64_t n1) {
         Sink s = sink;
-        Point3<acc_t> p[kChunk], g[kChunk];
+        Point3<acc_t> g[kChunk];
         Located3<acc_t, index_t> loc[kChunk];
         auto keep = [&](int i, const auto& located) {
           if constexpr (nearest) {
@@ -153,7 +153,7 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
             const int64_t d = row / go.H, h = row % go.H;
             for (int64_t w0 = 0; w0 < go.W; w0 += kChunk) {
               const int size = static_cast<int>(std::min<int64_t>(kChunk, go.W - w0));
-              locate_chunk<I, P, kAlignCorners>(src, n, d, h, w0, size, vol, p, keep);
+              locate_chunk<I, P, kAlignCorners, acc_t>(src, n, d, h, w0, size, vol, keep);
               if (need_grid_grad) std::fill(g, g + size, Point3<acc_t>{});
               // Each channel in turn: every grad_input element still gets its adds in
               // the order of the points, and every point its channels' in theirs.
