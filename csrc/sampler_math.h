@@ -205,6 +205,19 @@ STN_HD index_t floor_pixel(T p) {
   return i - static_cast<index_t>(static_cast<T>(i) > p);
 }
 
+// nearbyint(p) for a pixel position p >= -2 (as clamp_pixel leaves it),
+// without a call (the baseline x86-64 has no rounding instruction): p + shift
+// lies where T's spacing is 1, so the addition rounds p to an integer, halves
+// to even (in the default rounding mode, as nearbyint there), and subtracting
+// shift again is exact. From 2^(digits - 1) on, p is an integer already.
+template <typename index_t, typename T>
+STN_HD index_t round_pixel(T p) {
+  constexpr T kIntegral = T(1) / std::numeric_limits<T>::epsilon();  // 2^(digits - 1)
+  // p + shift in [kIntegral, 2 * kIntegral).
+  const T shift = p < kIntegral / T(2) ? T(1.5) * kIntegral : kIntegral;
+  return static_cast<index_t>(p < kIntegral ? (p + shift) - shift : p);
+}
+
 // One axis of a source point: its lower neighbour, the weights of the lower
 // and upper neighbours (written as ATen writes them, e.g. w_west = x_east - x)
 // and d pixel / d coordinate. `not_finite` is NaN when any coordinate of the
@@ -290,16 +303,43 @@ STN_HD index_t nearest_index(index_t i0, T frac) {
   return i0 + (frac > T(0.5) || (frac == T(0.5) && (i0 & 1)));
 }
 
+// Pixel (x, y) as the one neighbour, with the whole weight.
 template <typename T, typename index_t>
-STN_HD Corners<T, index_t> nearest_corner(const Bilinear<T, index_t>& b,
-                                          const Plane<index_t>& plane) {
-  const index_t x = nearest_index(b.x0, b.wx[1]), y = nearest_index(b.y0, b.wy[1]);
+STN_HD Corners<T, index_t> nearest_corners(index_t x, index_t y, const Plane<index_t>& plane) {
   Corners<T, index_t> c;
   c.base = y * plane.sH + x * plane.sW;
   c.inside = in_range(x, plane.W) & in_range(y, plane.H);
   c.weight[0] = T(1);
   c.weight[1] = c.weight[2] = c.weight[3] = T(0);
   return c;
+}
+
+template <typename T, typename index_t>
+STN_HD Corners<T, index_t> nearest_corner(const Bilinear<T, index_t>& b,
+                                          const Plane<index_t>& plane) {
+  return nearest_corners<T>(nearest_index(b.x0, b.wx[1]), nearest_index(b.y0, b.wy[1]), plane);
+}
+
+// mode="nearest" from the normalised coordinates: the same neighbour as
+// nearest_corner of bilinear_point's result (whose i0 + frac is the clamped
+// pixel position, rounded here directly), in fewer steps.
+template <typename index_t, bool kBounded = false, typename T>
+STN_HD index_t nearest_axis(T coord, T not_finite, int64_t size, Padding padding,
+                            bool align_corners) {
+  const T p = source_pixel<kBounded>(coord, size, padding, align_corners).val;
+  return round_pixel<index_t>(clamp_pixel(p + not_finite, size));
+}
+
+template <typename index_t, bool kBounded = false, typename T>
+STN_HD Corners<T, index_t> nearest_point(T gx, T gy, const Plane<index_t>& plane, Padding padding,
+                                         bool align_corners) {
+  const T not_finite = (gx - gx) + (gy - gy);  // as bilinear_point
+  // Calls, not a lambda: GCC would not inline one into the CPU's vectorised loops.
+  const index_t x =
+      nearest_axis<index_t, kBounded>(gx, not_finite, plane.W, padding, align_corners);
+  const index_t y =
+      nearest_axis<index_t, kBounded>(gy, not_finite, plane.H, padding, align_corners);
+  return nearest_corners<T>(x, y, plane);
 }
 
 // The neighbours a point reads in the given mode (bilinear or nearest).
@@ -706,13 +746,10 @@ STN_UNROLL
   return c;
 }
 
-// mode="nearest": nearbyint of each pixel coordinate (halves to even; exact,
-// as in nearest_corner), with the whole weight.
+// Voxel (x, y, z) as the one neighbour, with the whole weight.
 template <typename T, typename index_t>
-STN_HD Corners3<T, index_t> nearest_corner(const Trilinear<T, index_t>& t,
-                                           const Volume<index_t>& vol) {
-  const index_t x = nearest_index(t.x.i0, t.x.w[1]), y = nearest_index(t.y.i0, t.y.w[1]),
-                z = nearest_index(t.z.i0, t.z.w[1]);
+STN_HD Corners3<T, index_t> nearest_corners(index_t x, index_t y, index_t z,
+                                            const Volume<index_t>& vol) {
   Corners3<T, index_t> c;
   c.base = z * vol.sD + y * vol.sH + x * vol.sW;
   c.inside = in_range(x, vol.W) & in_range(y, vol.H) & in_range(z, vol.D);
@@ -720,6 +757,26 @@ STN_HD Corners3<T, index_t> nearest_corner(const Trilinear<T, index_t>& t,
 STN_UNROLL
   for (int k = 1; k < 8; ++k) c.weight[k] = T(0);
   return c;
+}
+
+// mode="nearest": nearbyint of each pixel coordinate (halves to even; exact,
+// as in nearest_corner for a plane).
+template <typename T, typename index_t>
+STN_HD Corners3<T, index_t> nearest_corner(const Trilinear<T, index_t>& t,
+                                           const Volume<index_t>& vol) {
+  return nearest_corners<T>(nearest_index(t.x.i0, t.x.w[1]), nearest_index(t.y.i0, t.y.w[1]),
+                            nearest_index(t.z.i0, t.z.w[1]), vol);
+}
+
+// mode="nearest" from the normalised coordinates, as nearest_point for a plane.
+template <typename index_t, bool kBounded = false, typename T>
+STN_HD Corners3<T, index_t> nearest_point(Point3<T> g, const Volume<index_t>& vol,
+                                          Padding padding, bool align_corners) {
+  const T not_finite = (g.x - g.x) + (g.y - g.y) + (g.z - g.z);  // as trilinear_point
+  const index_t x = nearest_axis<index_t, kBounded>(g.x, not_finite, vol.W, padding, align_corners);
+  const index_t y = nearest_axis<index_t, kBounded>(g.y, not_finite, vol.H, padding, align_corners);
+  const index_t z = nearest_axis<index_t, kBounded>(g.z, not_finite, vol.D, padding, align_corners);
+  return nearest_corners<T>(x, y, z, vol);
 }
 
 template <typename T, typename index_t>

@@ -47,6 +47,31 @@ def test_nearest_rounds_halves_to_even(device, align_corners):
 
 
 @pytest.mark.parametrize("dims", [2, 3], ids=["image", "volume"])
+def test_nearest_rounds_float32_positions_as_nearbyint(padding_mode, align_corners, dims):
+    """The CPU kernels round a float32 pixel position to its nearest pixel with an added
+    shift (round_pixel, csrc/sampler_math.h): checked at halves and one ulp either side of
+    them, small and past 2**22 and 2**23 (where float32 holds halves, then only integers),
+    along a row of 2**23 + 40 pixels, against the reference's float32 steps and
+    torch.round. (Torch's own CPU kernel fuses the unnormalisation's multiply and add
+    there, which moves some of these points by a pixel; on the CPU, stn_cuda does not.)"""
+    from stn_cuda import _reference
+    width = 2**23 + 40
+    centres = torch.cat([torch.arange(-3, 12), torch.arange(2**22 - 6, 2**22 + 6),
+                         torch.arange(2**23 - 6, width + 2)]).double() + 0.5
+    pixels = torch.cat([centres, centres.nextafter(torch.tensor(-1e9).double()),
+                        centres.nextafter(torch.tensor(1e9).double())])
+    coords = (pixels * 2 / (width - 1) - 1 if align_corners else (pixels * 2 + 1) / width - 1).float()
+    other = torch.zeros_like(coords)
+    grid = torch.stack([coords] + [other] * (dims - 1), -1).reshape(1, *[1] * (dims - 1), -1, dims)
+    input = torch.randn(1, 2, *[1] * (dims - 1), width)
+    ours = stn_cuda.grid_sample(input, grid, "nearest", padding_mode, align_corners)
+    expected = _reference.grid_sample(input, grid, _reference.NEAREST,
+                                      ["zeros", "border", "reflection"].index(padding_mode),
+                                      align_corners)
+    assert torch.equal(ours, expected)
+
+
+@pytest.mark.parametrize("dims", [2, 3], ids=["image", "volume"])
 def test_nearest_gives_the_grid_and_theta_a_zero_gradient(device, padding_mode, align_corners, dims):
     """+0 exactly, as torch's, non-finite points and every padding included (0 times the
     unnormalisation's derivative would give -0 where reflection flips it), whether or

@@ -143,11 +143,21 @@ STN_VECTOR_CLONES void locate_run(Run<I, acc_t, index_t>& run, const Source& src
     return !kReflection ||
            (reflects_exactly(run.gx[i], plane.W) && reflects_exactly(run.gy[i], plane.H));
   };
-  auto store = [&](int i, const Bilinear<acc_t, index_t>& b) {
-    const auto c = corners(b, plane, I);
+  // Point i at (gx, gy), kBounded as for reflect; nearest needs only its
+  // neighbour (nearest_point).
+  auto store = [&](int i, acc_t gx, acc_t gy, auto kBounded) {
+    constexpr bool bounded_point = decltype(kBounded)::value;
+    if constexpr (I == Interpolation::Nearest) {
+      const auto c = nearest_point<index_t, bounded_point>(gx, gy, plane, P, kAlignCorners);
+      run.base[i] = c.base;
+      run.inside[i] = c.inside;
+      return;
+    }
+    const auto b =
+        bilinear_point<index_t, bounded_point>(gx, gy, plane.H, plane.W, P, kAlignCorners);
+    const auto c = corners(b, plane);
     run.base[i] = c.base;
     run.inside[i] = c.inside;
-    if constexpr (I == Interpolation::Nearest) return;
     for (int k = 0; k < 4; ++k) run.weight[k][i] = c.weight[k];
     if (kBackward) {
       for (int j = 0; j < 2; ++j) {
@@ -160,15 +170,12 @@ STN_VECTOR_CLONES void locate_run(Run<I, acc_t, index_t>& run, const Source& src
   };
   for (int i = 0; i < run.size; ++i) {  // vectorised
     const bool near = bounded(i);
-    store(i, bilinear_point<index_t, kReflection>(near ? run.gx[i] : acc_t(0),
-                                                  near ? run.gy[i] : acc_t(0), plane.H, plane.W,
-                                                  P, kAlignCorners));
+    store(i, near ? run.gx[i] : acc_t(0), near ? run.gy[i] : acc_t(0),
+          std::bool_constant<kReflection>{});
   }
   if (!kReflection) return;
   for (int i = 0; i < run.size; ++i) {
-    if (!bounded(i)) {
-      store(i, bilinear_point<index_t>(run.gx[i], run.gy[i], plane.H, plane.W, P, kAlignCorners));
-    }
+    if (!bounded(i)) store(i, run.gx[i], run.gy[i], std::false_type{});
   }
 }
 

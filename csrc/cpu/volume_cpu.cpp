@@ -56,7 +56,8 @@ int64_t grain_for(int64_t row_cost) {
 }
 
 // Phase 1: the points w0 .. w0 + size - 1 of output row (n, d, h), where each
-// of their source positions lies, given to keep(i, located). With reflection
+// of their source positions lies, given to keep(i, located): a Located3, or
+// for nearest only the point's neighbour (Corners3). With reflection
 // padding, as for images (locate_run), the vectorised loop reflects only
 // coordinates that need no call to fmod (reflects_exactly), standing in 0 for
 // the others, which the scalar loop after it then locates.
@@ -73,12 +74,24 @@ STN_VECTOR_CLONES void locate_chunk(const Source& src, int64_t n, int64_t d, int
     return !kReflection || (reflects_exactly(p[i].x, vol.W) && reflects_exactly(p[i].y, vol.H) &&
                             reflects_exactly(p[i].z, vol.D));
   };
+  // Written out at each call rather than through a lambda, which GCC would not
+  // inline into the vectorised loop.
   for (int i = 0; i < size; ++i) {  // vectorised
-    keep(i, locate<kReflection>(bounded(i) ? p[i] : Point3<acc_t>{}, vol, modes));
+    const Point3<acc_t> q = bounded(i) ? p[i] : Point3<acc_t>{};
+    if constexpr (I == Interpolation::Nearest) {
+      keep(i, nearest_point<index_t, kReflection>(q, vol, P, kAlignCorners));
+    } else {
+      keep(i, locate<kReflection>(q, vol, modes));
+    }
   }
   if (!kReflection) return;
   for (int i = 0; i < size; ++i) {
-    if (!bounded(i)) keep(i, locate(p[i], vol, modes));
+    if (bounded(i)) continue;
+    if constexpr (I == Interpolation::Nearest) {
+      keep(i, nearest_point<index_t>(p[i], vol, P, kAlignCorners));
+    } else {
+      keep(i, locate(p[i], vol, modes));
+    }
   }
 }
 
@@ -95,7 +108,13 @@ void volume_forward(const at::Tensor& input, const Source& src, const at::Tensor
       at::parallel_for(0, out.N * out.D * out.H, grain_for(out.W * in.C),
                        [&](int64_t begin, int64_t end) {
         Corners3<acc_t, decltype(index)> corners[kChunk];
-        auto keep = [&](int i, const auto& located) { corners[i] = located.corners; };
+        auto keep = [&](int i, const auto& located) {
+          if constexpr (nearest) {
+            corners[i] = located;
+          } else {
+            corners[i] = located.corners;
+          }
+        };
         for (int64_t row = begin; row < end; ++row) {
           const int64_t h = row % out.H, d = row / out.H % out.D, n = row / out.H / out.D;
           for (int64_t w0 = 0; w0 < out.W; w0 += kChunk) {
@@ -143,7 +162,7 @@ void volume_backward(const at::Tensor& grad_output, const at::Tensor& input, con
         Located3<acc_t, index_t> loc[kChunk];
         auto keep = [&](int i, const auto& located) {
           if constexpr (nearest) {
-            loc[i].corners = located.corners;
+            loc[i].corners = located;
           } else {
             loc[i] = located;
           }
