@@ -213,7 +213,7 @@ STN_HD index_t floor_pixel(T p) {
 template <typename index_t, typename T>
 STN_HD index_t round_pixel(T p) {
   constexpr T kIntegral = T(1) / std::numeric_limits<T>::epsilon();  // 2^(digits - 1)
-  // p + shift in [kIntegral, 2 * kIntegral).
+  // p + shift in [kIntegral, 2 * kIntegral] (the top only where p rounds up to it).
   const T shift = p < kIntegral / T(2) ? T(1.5) * kIntegral : kIntegral;
   return static_cast<index_t>(p < kIntegral ? (p + shift) - shift : p);
 }
@@ -296,8 +296,9 @@ STN_UNROLL
 
 // mode="nearest": the neighbour nearest to the point, rounding halves to even
 // as nearbyint does, with the whole weight. Along an axis, the point lies at
-// i0 + frac (frac: the upper neighbour's weight), and frac = x - i0 is exact,
-// so this is nearbyint(x) to the bit.
+// i0 + frac (frac: the upper neighbour's weight), and frac = x - i0 is exact
+// (but for x in (-0.5, 0), where it may round to 0.5 or 1: i0 = -1 is odd, so
+// either gives 0), so this is nearbyint(x) to the bit.
 template <typename T, typename index_t>
 STN_HD index_t nearest_index(index_t i0, T frac) {
   return i0 + (frac > T(0.5) || (frac == T(0.5) && (i0 & 1)));

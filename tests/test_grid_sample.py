@@ -47,28 +47,35 @@ def test_nearest_rounds_halves_to_even(device, align_corners):
 
 
 @pytest.mark.parametrize("dims", [2, 3], ids=["image", "volume"])
-def test_nearest_rounds_float32_positions_as_nearbyint(padding_mode, align_corners, dims):
+def test_nearest_rounds_float32_halves_to_even(padding_mode, align_corners, dims):
     """The CPU kernels round a float32 pixel position to its nearest pixel with an added
-    shift (round_pixel, csrc/sampler_math.h): checked at halves and one ulp either side of
-    them, small and past 2**22 and 2**23 (where float32 holds halves, then only integers),
-    along a row of 2**23 + 40 pixels, against the reference's float32 steps and
-    torch.round. (Torch's own CPU kernel fuses the unnormalisation's multiply and add
-    there, which moves some of these points by a pixel; on the CPU, stn_cuda does not.)"""
+    shift (round_pixel, csrc/sampler_math.h), whose two ranges meet at 2**22. Pixel
+    positions that float32 unnormalises exactly to halves, of both parities, small, just
+    past 2**22 and just below 2**23 (above which float32 has no halves), along a row of
+    2**24 pixels (2**24 + 1 with align_corners, so that the unnormalisation is exact) whose
+    values are their indices: each half goes to its even neighbour. The coordinates one
+    float32 ulp either side of each as the reference's float32 steps round them."""
     from stn_cuda import _reference
-    width = 2**23 + 40
-    centres = torch.cat([torch.arange(-3, 12), torch.arange(2**22 - 6, 2**22 + 6),
-                         torch.arange(2**23 - 6, width + 2)]).double() + 0.5
-    pixels = torch.cat([centres, centres.nextafter(torch.tensor(-1e9).double()),
-                        centres.nextafter(torch.tensor(1e9).double())])
-    coords = (pixels * 2 / (width - 1) - 1 if align_corners else (pixels * 2 + 1) / width - 1).float()
+    width = 2**24 + align_corners
+    halves = torch.cat([torch.arange(0, 10), torch.arange(2**22 - 4, 2**22 + 4),
+                        torch.arange(2**23 - 8, 2**23)]).double() + 0.5
+    exact = (halves / 2**23 - 1 if align_corners else (2 * halves + 1) / width - 1).float()
+    coords = torch.cat([exact, exact.nextafter(torch.tensor(-2.0)), exact.nextafter(torch.tensor(2.0))])
     other = torch.zeros_like(coords)
     grid = torch.stack([coords] + [other] * (dims - 1), -1).reshape(1, *[1] * (dims - 1), -1, dims)
-    input = torch.randn(1, 2, *[1] * (dims - 1), width)
+    input = torch.arange(width, dtype=torch.float32).reshape(1, 1, *[1] * (dims - 1), width)
     ours = stn_cuda.grid_sample(input, grid, "nearest", padding_mode, align_corners)
+    at_halves = ours.flatten()[:len(halves)]
+    assert torch.equal(at_halves, torch.round(halves).float())  # halves to even
+    assert (at_halves % 2 == 0).all() and (halves.floor() % 2 == 1).any() and (halves.floor() % 2 == 0).any()
     expected = _reference.grid_sample(input, grid, _reference.NEAREST,
                                       ["zeros", "border", "reflection"].index(padding_mode),
                                       align_corners)
     assert torch.equal(ours, expected)
+    # One ulp off a half moves the position off it (but near 2**23, where the position's own
+    # ulp is half a pixel): then it rounds the other way for one parity or the other.
+    below, above = ours.flatten()[len(halves):].chunk(2)
+    assert not torch.equal(below, at_halves) and not torch.equal(above, at_halves)
 
 
 @pytest.mark.parametrize("dims", [2, 3], ids=["image", "volume"])
