@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
+from stn_cuda import _reference
+from stn_cuda.functional import _PADDING_MODES
 from conftest import EMULATES_CUDA
 from helpers import (check_against, grads, leaf, make, ours, random_theta, special_grid, theirs,
                      torch_affine_sample)
@@ -55,7 +57,6 @@ def test_nearest_rounds_float32_halves_to_even(padding_mode, align_corners, dims
     2**24 pixels (2**24 + 1 with align_corners, so that the unnormalisation is exact) whose
     values are their indices: each half goes to its even neighbour. The coordinates one
     float32 ulp either side of each as the reference's float32 steps round them."""
-    from stn_cuda import _reference
     width = 2**24 + align_corners
     halves = torch.cat([torch.arange(0, 10), torch.arange(2**22 - 4, 2**22 + 4),
                         torch.arange(2**23 - 8, 2**23)]).double() + 0.5
@@ -68,8 +69,7 @@ def test_nearest_rounds_float32_halves_to_even(padding_mode, align_corners, dims
     at_halves = ours.flatten()[:len(halves)]
     assert torch.equal(at_halves, torch.round(halves).float())  # halves to even
     assert (at_halves % 2 == 0).all() and (halves.floor() % 2 == 1).any() and (halves.floor() % 2 == 0).any()
-    expected = _reference.grid_sample(input, grid, _reference.NEAREST,
-                                      ["zeros", "border", "reflection"].index(padding_mode),
+    expected = _reference.grid_sample(input, grid, _reference.NEAREST, _PADDING_MODES[padding_mode],
                                       align_corners)
     assert torch.equal(ours, expected)
     # One ulp off a half moves the position off it (but near 2**23, where the position's own
