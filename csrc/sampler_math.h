@@ -197,11 +197,12 @@ STN_HD T clamp_pixel(T p, int64_t size) {
 }
 
 // floor(p) for a pixel position p >= -2 (as clamp_pixel leaves it), without a
-// branch or a call: truncation of p + 2 (one instruction on any CPU), less one
-// where p + 2 rounded up to an integer (p within half an ulp below -1 or 0).
+// branch or a call: truncation toward zero (one instruction on any CPU), less
+// one where that moved p up (p negative, not an integer). T(i) is exact: below
+// 2^(digits) every integer is a T, and above it p is an integer already.
 template <typename index_t, typename T>
 STN_HD index_t floor_pixel(T p) {
-  const index_t i = static_cast<index_t>(p + T(2)) - 2;
+  const index_t i = static_cast<index_t>(p);
   return i - static_cast<index_t>(static_cast<T>(i) > p);
 }
 
@@ -219,9 +220,13 @@ STN_HD index_t round_pixel(T p) {
 }
 
 // One axis of a source point: its lower neighbour, the weights of the lower
-// and upper neighbours (written as ATen writes them, e.g. w_west = x_east - x)
-// and d pixel / d coordinate. `not_finite` is NaN when any coordinate of the
-// point is, else 0: it sends the point outside. kBounded: see reflect.
+// and upper neighbours and d pixel / d coordinate. The weights are written as
+// ATen's CPU kernel writes them: w_east = x - x_west, w_west = 1 - w_east.
+// Its CUDA kernel's w_west = x_east - x is the same number, except where
+// x_east = x_west + 1 rounds (float32 past 2^24 columns: both weights 0
+// there) and where x is in (-1, 0), whose west pixel, -1, is outside.
+// `not_finite` is NaN when any coordinate of the point is, else 0: it sends
+// the point outside. kBounded: see reflect.
 template <typename T, typename index_t>
 struct Linear {
   index_t i0;
@@ -236,9 +241,8 @@ STN_HD Linear<T, index_t> linear_axis(T coord, T not_finite, int64_t size, Paddi
   const T v = clamp_pixel(p.val + not_finite, size);
   Linear<T, index_t> a;
   a.i0 = floor_pixel<index_t>(v);
-  const T i0 = static_cast<T>(a.i0);
-  a.w[0] = (i0 + T(1)) - v;
-  a.w[1] = v - i0;
+  a.w[1] = v - static_cast<T>(a.i0);
+  a.w[0] = T(1) - a.w[1];
   a.d = p.grad;
   return a;
 }

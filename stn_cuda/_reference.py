@@ -100,7 +100,8 @@ def bilinear_or_nearest(read, coords, sizes, interpolation_mode, padding_mode, a
     if interpolation_mode == NEAREST:  # rounding halves to even, as the kernels; no gradient to the grid
         return read(*(torch.round(p.detach()) for p in positions))
     lows = [torch.floor(p.detach()) for p in positions]
-    weights = [((p0 + 1) - p, p - p0) for p, p0 in zip(positions, lows)]  # written as ATen writes them
+    fractions = [p - p0 for p, p0 in zip(positions, lows)]
+    weights = [(1 - f, f) for f in fractions]  # written as ATen's CPU kernel writes them
     out = 0
     # ATen's order: corner k has offset (k >> axis) & 1 along each axis, x fastest (nw, ne, sw,
     # se, then the bottom layer's), its weight the product w_x * w_y [* w_z] in that order.

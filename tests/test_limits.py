@@ -225,3 +225,37 @@ def test_bicubic_taps_of_an_image_wider_than_2_24(device):
         out = sample(input, grid, mode="bicubic", align_corners=True)
         gg, = grads(out, (grid,), torch.ones_like(out))
         assert out.item() == 0 and torch.equal(gg, torch.zeros_like(gg))
+
+
+@pytest.mark.parametrize("dims", [4, 5], ids=["image", "volume"])
+@pytest.mark.parametrize("width, column", [(2**24, 2**24 - 1), (2**25 + 1, 2**25), (2**25 + 6, 2**25 + 4)],
+                         ids=["last column 2**24-1", "last column 2**25", "column 2**25+4 inside"])
+def test_bilinear_at_columns_past_2_24(dims, width, column, device):
+    """Past 2**24 columns float32 cannot hold every column, but each it holds is an integer:
+    a point there reads that pixel with weight 1 and its east neighbour with weight 0. Here
+    align_corners and x = 1 put the point at float32(width - 1) = column exactly. The floor
+    once truncated x + 2, which rounds there (it read its west neighbour, here inf, or that
+    and the one before), and the west weight was x_east - x, where x_east rounds too (both
+    weights 0). torch's CPU image kernel gives these values; its CUDA and volume kernels
+    round x_east as the old code did."""
+    shape = (1,) * (dims - 1) + (width,)
+    input = torch.zeros(shape, device=device)
+    row = input.view(-1)
+    row[column - 1], row[column] = float("inf"), 3
+    east = 5.0 if column + 1 < width else 0.0  # past the image: zero
+    if column + 1 < width:
+        row[column + 1] = east
+    input.requires_grad_()
+    grid = torch.zeros((1,) * (dims - 1) + (dims - 2,), device=device)
+    grid[..., 0] = 1
+    grid.requires_grad_()
+
+    out = stn_cuda.grid_sample(input, grid, align_corners=True)
+    gi, gg = grads(out, (input, grid), torch.ones_like(out))
+    assert out.item() == 3
+    one_hot = torch.zeros_like(row)
+    one_hot[column] = 1
+    assert torch.equal(gi.view(-1), one_hot)
+    torch.testing.assert_close(gg[..., 0].item(), (east - 3) * (width - 1) / 2, rtol=1e-6, atol=0)
+    assert torch.equal(gg[..., 1:], torch.zeros_like(gg[..., 1:]))
+
