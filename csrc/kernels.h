@@ -104,8 +104,8 @@ Image<scalar_t> image_of(const at::Tensor& t) {
 // Whether every neighbour's offset within a plane (or volume) of `in` fits in
 // 32 bits, given each axis' (size, stride): the kernels then index planes with
 // int32_t, which costs less than int64_t on a CPU and much less on a GPU. Pixel
-// positions reach [-2, size + 1], and a little more where size + 1 rounds up in
-// float (by under size * 2^-23). Sides under 2^30 and strides under 2^31 keep
+// positions reach [-2, size + 1], and in float up to size >> 23 more (where
+// clamp_pixel's bound rounds up). Sides under 2^30 and strides under 2^31 keep
 // the sum from overflowing and every float pixel position convertible.
 inline bool offsets_fit_int32(std::initializer_list<std::pair<int64_t, int64_t>> axes) {
   constexpr int64_t kMax = std::numeric_limits<int32_t>::max();

@@ -180,9 +180,10 @@ STN_HD Dual<T> source_pixel(T coord, int64_t size, Padding padding, bool align_c
 // points vectorise. A point with a non-finite coordinate gets a NaN pixel
 // position (even where border padding would clip it back into the image),
 // which clamp_pixel sends to -2: all four neighbours then lie outside, so the
-// point reads nothing and passes no gradient. Clamping to [-2, size + 1] only
-// moves points that are entirely outside the image, so their (zero)
-// contribution is unchanged and no float-to-int conversion can overflow.
+// point reads nothing and passes no gradient. Clamping to [-2, size + 1] (a
+// little more past 2^digits) only moves points that are entirely outside the
+// image, so their (zero) contribution is unchanged and no float-to-int
+// conversion can overflow.
 template <typename T, typename index_t>
 struct Bilinear {
   index_t x0, y0;  // north-west neighbour; x0 + 1, y0 + 1 are east and south
@@ -192,8 +193,11 @@ struct Bilinear {
 
 template <typename T>
 STN_HD T clamp_pixel(T p, int64_t size) {
+  // size + 1, or a little more where T cannot hold it: T(size + 1) alone can
+  // round down past 2^digits, to size - 1 even, which reads the last pixel.
+  const T high = static_cast<T>(size + 1 + (size >> std::numeric_limits<T>::digits));
   p = p >= T(-2) ? p : T(-2);  // NaN fails the comparison: -2
-  return p <= T(size + 1) ? p : T(size + 1);
+  return p <= high ? p : high;
 }
 
 // floor(p) for a pixel position p >= -2 (as clamp_pixel leaves it), without a

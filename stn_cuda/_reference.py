@@ -67,8 +67,10 @@ def pad(p, size, padding_mode, align_corners):
 def clamp_pixel(p, size):
     """As the kernels do: NaN -> -2, and only points wholly outside move, so that their
     (zero) contribution is unchanged and their position stays finite."""
+    # size + 1, a little more where p's dtype cannot hold it (it could round down to size - 1)
+    high = float(size + 1 + int(size * torch.finfo(p.dtype).eps / 2))
     p = torch.where(p >= -2, p, -2.0)
-    return torch.where(p <= size + 1, p, float(size + 1))
+    return torch.where(p <= high, p, high)
 
 
 # -- reading taps --------------------------------------------------------------------------

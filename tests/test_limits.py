@@ -259,3 +259,29 @@ def test_bilinear_at_columns_past_2_24(dims, width, column, device):
     torch.testing.assert_close(gg[..., 0].item(), (east - 3) * (width - 1) / 2, rtol=1e-6, atol=0)
     assert torch.equal(gg[..., 1:], torch.zeros_like(gg[..., 1:]))
 
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("dims", [4, 5], ids=["image", "volume"])
+@pytest.mark.parametrize("width", [2**25 + 1, 2**26 + 3])
+def test_points_past_a_row_wider_than_2_25_read_nothing(mode, dims, width, device):
+    """A point past the image's last column reads nothing (zeros padding). Positions far
+    outside are clamped to size + 1 before they become indices; float32(size + 1) rounds
+    down past 2**25 columns, here to a column inside, and such points once read the last
+    pixels. The first point, x = 1, sits on float32(width - 1), a column inside."""
+    if mode == "bicubic" and dims == 5:
+        pytest.skip("bicubic interpolation is for images only")
+    input = torch.ones((1,) * (dims - 1) + (width,), device=device, requires_grad=True)
+    xs = [1.0] + [1 + k * 2**-23 for k in (2, 50, 2**20)] + [3.0, 1e6]  # (1 + 2**-23 + 1 rounds to 2)
+    grid = torch.zeros((1,) * (dims - 2) + (len(xs), dims - 2), device=device)
+    grid[..., 0] = torch.tensor(xs)
+    grid.requires_grad_()
+
+    out = stn_cuda.grid_sample(input, grid, mode=mode, align_corners=True)
+    gi, gg = grads(out, (input, grid), torch.ones_like(out))
+    expected = torch.zeros(len(xs))
+    expected[0] = 1
+    assert torch.equal(out.flatten().cpu(), expected)
+    one_hot = torch.zeros(width)
+    one_hot[int(torch.tensor(width - 1.0))] = 1  # float32(width - 1)
+    assert torch.equal(gi.flatten().cpu(), one_hot)
+    assert torch.equal(gg[..., 1:, :].cpu(), torch.zeros_like(gg[..., 1:, :]).cpu())
