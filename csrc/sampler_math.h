@@ -194,7 +194,8 @@ struct Bilinear {
 template <typename T>
 STN_HD T clamp_pixel(T p, int64_t size) {
   // size + 1, or a little more where T cannot hold it: T(size + 1) alone can
-  // round down past 2^digits, to size - 1 even, which reads the last pixel.
+  // round down into the image past 2^digits (to size - 3 at 2^26 + 3 pixels),
+  // and points past the edge would read the last pixels.
   const T high = static_cast<T>(size + 1 + (size >> std::numeric_limits<T>::digits));
   p = p >= T(-2) ? p : T(-2);  // NaN fails the comparison: -2
   return p <= high ? p : high;
@@ -227,8 +228,9 @@ STN_HD index_t round_pixel(T p) {
 // and upper neighbours and d pixel / d coordinate. The weights are written as
 // ATen's CPU kernel writes them: w_east = x - x_west, w_west = 1 - w_east.
 // Its CUDA kernel's w_west = x_east - x is the same number, except where
-// x_east = x_west + 1 rounds (float32 past 2^24 columns: both weights 0
-// there) and where x is in (-1, 0), whose west pixel, -1, is outside.
+// x_east = x_west + 1 rounds (float32 past 2^24 columns: w_west is 0 there, or
+// 2 at every other column below 2^25) and where x is in (-1, 0), whose west
+// pixel, -1, is outside.
 // `not_finite` is NaN when any coordinate of the point is, else 0: it sends
 // the point outside. kBounded: see reflect.
 template <typename T, typename index_t>

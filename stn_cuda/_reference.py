@@ -67,7 +67,7 @@ def pad(p, size, padding_mode, align_corners):
 def clamp_pixel(p, size):
     """As the kernels do: NaN -> -2, and only points wholly outside move, so that their
     (zero) contribution is unchanged and their position stays finite."""
-    # size + 1, a little more where p's dtype cannot hold it (it could round down to size - 1)
+    # size + 1, a little more where p's dtype cannot hold it (it can round down into the image)
     high = float(size + 1 + int(size * torch.finfo(p.dtype).eps / 2))
     p = torch.where(p >= -2, p, -2.0)
     return torch.where(p <= high, p, high)
@@ -82,6 +82,7 @@ def reader(planes, sizes):
     n, c, _ = planes.shape
 
     def read(*positions):
+        positions = [p.double() for p in positions]  # size - 1 would round in float32 past 2**24
         inside = functools.reduce(operator.and_, ((p >= 0) & (p <= size - 1)
                                                   for p, size in zip(positions, sizes)))
         index, stride = 0, 1
@@ -110,7 +111,8 @@ def bilinear_or_nearest(read, coords, sizes, interpolation_mode, padding_mode, a
     for k in range(2 ** len(positions)):
         offsets = [(k >> axis) & 1 for axis in range(len(positions))]
         weight = functools.reduce(operator.mul, (w[o] for w, o in zip(weights, offsets)))
-        out = out + read(*(p0 + o for p0, o in zip(lows, offsets))) * weight
+        # In float64: p0 + 1 would round in float32 past 2**24 (the kernels add in integers)
+        out = out + read(*(p0.double() + o for p0, o in zip(lows, offsets))) * weight
     return out
 
 

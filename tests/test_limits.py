@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import stn_cuda
+from stn_cuda import _reference
+from stn_cuda.functional import _MODES, _PADDING_MODES
 from conftest import DEVICES, HAS_CUDA, NO_CUDA_REASON
 from helpers import grads
 
@@ -228,16 +230,19 @@ def test_bicubic_taps_of_an_image_wider_than_2_24(device):
 
 
 @pytest.mark.parametrize("dims", [4, 5], ids=["image", "volume"])
-@pytest.mark.parametrize("width, column", [(2**24, 2**24 - 1), (2**25 + 1, 2**25), (2**25 + 6, 2**25 + 4)],
-                         ids=["last column 2**24-1", "last column 2**25", "column 2**25+4 inside"])
+@pytest.mark.parametrize("width, column", [(2**24, 2**24 - 1), (2**24 + 3, 2**24 + 2), (2**25 + 1, 2**25),
+                                           (2**25 + 6, 2**25 + 4)],
+                         ids=["last column 2**24-1", "last column 2**24+2", "last column 2**25",
+                              "column 2**25+4 inside"])
 def test_bilinear_at_columns_past_2_24(dims, width, column, device):
     """Past 2**24 columns float32 cannot hold every column, but each it holds is an integer:
     a point there reads that pixel with weight 1 and its east neighbour with weight 0. Here
     align_corners and x = 1 put the point at float32(width - 1) = column exactly. The floor
-    once truncated x + 2, which rounds there (it read its west neighbour, here inf, or that
-    and the one before), and the west weight was x_east - x, where x_east rounds too (both
-    weights 0). torch's CPU image kernel gives these values; its CUDA and volume kernels
-    round x_east as the old code did."""
+    once truncated x + 2, which rounds there (at 2**24 - 1 and 2**25 it read the west
+    neighbour, here inf; at 2**25 + 4 nothing), and the west weight was x_east - x, where
+    x_east rounds too (to 2 at 2**24 + 2; to 0 past 2**25). torch's CPU image kernel gives
+    these values; its CUDA and volume kernels round x_east as the old code did. The reference
+    (stn_cuda._reference, which double backward differentiates) computes the same."""
     shape = (1,) * (dims - 1) + (width,)
     input = torch.zeros(shape, device=device)
     row = input.view(-1)
@@ -259,15 +264,22 @@ def test_bilinear_at_columns_past_2_24(dims, width, column, device):
     torch.testing.assert_close(gg[..., 0].item(), (east - 3) * (width - 1) / 2, rtol=1e-6, atol=0)
     assert torch.equal(gg[..., 1:], torch.zeros_like(gg[..., 1:]))
 
+    ref = _reference.grid_sample(input, grid, _MODES["bilinear"], _PADDING_MODES["zeros"], True)
+    ref_gi, ref_gg = grads(ref, (input, grid), torch.ones_like(ref))
+    assert ref.item() == 3 and torch.equal(ref_gi, gi)
+    torch.testing.assert_close(ref_gg, gg, rtol=1e-6, atol=0)
+
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
 @pytest.mark.parametrize("dims", [4, 5], ids=["image", "volume"])
-@pytest.mark.parametrize("width", [2**25 + 1, 2**26 + 3])
+@pytest.mark.parametrize("width", [2**25 + 1, 2**25 + 7, 2**26 + 3])
 def test_points_past_a_row_wider_than_2_25_read_nothing(mode, dims, width, device):
     """A point past the image's last column reads nothing (zeros padding). Positions far
     outside are clamped to size + 1 before they become indices; float32(size + 1) rounds
-    down past 2**25 columns, here to a column inside, and such points once read the last
-    pixels. The first point, x = 1, sits on float32(width - 1), a column inside."""
+    down past 2**25 columns (into the image at 2**25 + 1 and 2**26 + 3), and such points once
+    read the last pixels. The first point, x = 1, sits on float32(width - 1): a column inside,
+    but past the image at 2**25 + 7, where it rounds up. The reference agrees (it used to index
+    past the row there)."""
     if mode == "bicubic" and dims == 5:
         pytest.skip("bicubic interpolation is for images only")
     input = torch.ones((1,) * (dims - 1) + (width,), device=device, requires_grad=True)
@@ -278,10 +290,16 @@ def test_points_past_a_row_wider_than_2_25_read_nothing(mode, dims, width, devic
 
     out = stn_cuda.grid_sample(input, grid, mode=mode, align_corners=True)
     gi, gg = grads(out, (input, grid), torch.ones_like(out))
-    expected = torch.zeros(len(xs))
-    expected[0] = 1
+    last = int(torch.tensor(width - 1.0))  # float32(width - 1)
+    expected, one_hot = torch.zeros(len(xs)), torch.zeros(width)
+    if last < width:
+        expected[0] = one_hot[last] = 1
     assert torch.equal(out.flatten().cpu(), expected)
-    one_hot = torch.zeros(width)
-    one_hot[int(torch.tensor(width - 1.0))] = 1  # float32(width - 1)
     assert torch.equal(gi.flatten().cpu(), one_hot)
     assert torch.equal(gg[..., 1:, :].cpu(), torch.zeros_like(gg[..., 1:, :]).cpu())
+
+    ref = _reference.grid_sample(input, grid, _MODES[mode], _PADDING_MODES["zeros"], True)
+    ref_gi, ref_gg = grads(ref, (input, grid), torch.ones_like(ref))
+    assert torch.equal(ref, out) and torch.equal(ref_gi, gi)
+    if mode != "nearest":  # (the reference's nearest has no path to the grid)
+        assert torch.equal(ref_gg[..., 1:, :], gg[..., 1:, :])
