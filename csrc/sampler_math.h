@@ -407,22 +407,21 @@ STN_HD index_t tap_index(T p, int64_t size, Padding padding, bool align_corners)
   return static_cast<index_t>(clamp_pixel(pad(Dual<T>{p, T(0)}, size, padding, align_corners).val, size));
 }
 
-// The four taps' indices along an axis, x0 - 1 .. x0 + 2 for x0 = floor(x).
+// The four taps' indices along an axis, x0 - 1 .. x0 + 2 for x0 = floor(x),
+// each x0 + (k - 1) in floating point, as ATen forms them: past 2^24 columns
+// in float32 they round to even ones, and stay whole numbers. (ATen's CUDA
+// kernel forms rows as (y0 - 1) + k, which rounds twice; the same below 2^24.)
 // Padding leaves taps inside the image where they are, so the common case of
 // four taps inside skips it (and its fmod, for reflection).
 template <typename index_t, typename T>
 STN_HD void tap_indices(T x0, index_t size, Padding padding, bool align_corners, index_t (&taps)[4]) {
   if (x0 >= T(1) && x0 <= T(size - 3)) {  // false for NaN
-    const index_t first = static_cast<index_t>(x0) - 1;
 STN_UNROLL
-    for (int k = 0; k < 4; ++k) taps[k] = first + k;
+    for (int k = 0; k < 4; ++k) taps[k] = static_cast<index_t>(x0 + T(k - 1));
     return;
   }
 STN_UNROLL
-  for (int k = 0; k < 4; ++k) {
-    // ATen's ix_nw - 1 + k, in floating point.
-    taps[k] = tap_index<index_t>(x0 - T(1) + T(k), size, padding, align_corners);
-  }
+  for (int k = 0; k < 4; ++k) taps[k] = tap_index<index_t>(x0 + T(k - 1), size, padding, align_corners);
 }
 
 // A bicubic point: where its taps are, which of them lie inside the image

@@ -229,6 +229,39 @@ def test_bicubic_taps_of_an_image_wider_than_2_24(device):
         assert out.item() == 0 and torch.equal(gg, torch.zeros_like(gg))
 
 
+
+@pytest.mark.parametrize("axis", [0, 1], ids=["columns", "rows"])
+def test_bicubic_taps_past_2_24_round_as_torchs(axis, device):
+    """Past 2**24 pixels torch forms bicubic's taps x0 - 1 .. x0 + 2 in float32, where they
+    round to even ones: at 2**24 + 2 they are 2**24, 2**24 + 2, 2**24 + 4 (twice). stn_cuda
+    takes the same taps, along either axis (its interior points once took whole ones, whose
+    grid gradient was half of torch's here), and so does the reference. (torch's CUDA kernel
+    forms rows as (y0 - 1) + k, which rounds twice: it is not compared along rows.)"""
+    size, pixel = 2**24 + 64, 2**24 + 2
+    input = torch.zeros(1, 1, size, 1, device=device) if axis else torch.zeros(1, 1, 1, size, device=device)
+    input.view(-1)[pixel - 4:pixel + 5] = torch.arange(1.0, 10.0)
+    input.requires_grad_()
+    grid = torch.zeros(1, 1, 1, 2, device=device)
+    grid[..., axis] = 2 * pixel / (size - 1) - 1  # float32 unnormalises it to pixel exactly
+    grid.requires_grad_()
+
+    out = stn_cuda.grid_sample(input, grid, mode="bicubic", align_corners=True)
+    gi, gg = grads(out, (input, grid), torch.ones_like(out))
+    assert out.item() == 5  # the tap on the pixel, weight 1
+    one_hot = torch.zeros(size, device=device)
+    one_hot[pixel] = 1
+    assert torch.equal(gi.view(-1), one_hot)
+    d = (size - 1) / 2
+    torch.testing.assert_close(gg[..., axis].item(), 0.75 * (7 - 3) * d, rtol=1e-6, atol=0)  # taps 2**24 +- 2
+    references = [lambda i, g: _reference.grid_sample(i, g, _MODES["bicubic"], _PADDING_MODES["zeros"], True)]
+    if axis == 0 or device == "cpu":
+        references.append(lambda i, g: F.grid_sample(i, g, mode="bicubic", align_corners=True))
+    for reference in references:
+        ref = reference(input, grid)
+        ref_gi, ref_gg = grads(ref, (input, grid), torch.ones_like(ref))
+        assert torch.equal(ref, out) and torch.equal(ref_gi, gi)
+        torch.testing.assert_close(ref_gg, gg, rtol=1e-6, atol=0)
+
 @pytest.mark.parametrize("dims", [4, 5], ids=["image", "volume"])
 @pytest.mark.parametrize("width, column", [(2**24, 2**24 - 1), (2**24 + 3, 2**24 + 2), (2**25 + 1, 2**25),
                                            (2**25 + 6, 2**25 + 4)],
