@@ -229,7 +229,6 @@ def test_bicubic_taps_of_an_image_wider_than_2_24(device):
         assert out.item() == 0 and torch.equal(gg, torch.zeros_like(gg))
 
 
-
 @pytest.mark.parametrize("axis", [0, 1], ids=["columns", "rows"])
 def test_bicubic_taps_past_2_24_round_as_torchs(axis, device):
     """Past 2**24 pixels torch forms bicubic's taps x0 - 1 .. x0 + 2 in float32, where they
@@ -261,6 +260,7 @@ def test_bicubic_taps_past_2_24_round_as_torchs(axis, device):
         ref_gi, ref_gg = grads(ref, (input, grid), torch.ones_like(ref))
         assert torch.equal(ref, out) and torch.equal(ref_gi, gi)
         torch.testing.assert_close(ref_gg, gg, rtol=1e-6, atol=0)
+
 
 @pytest.mark.parametrize("dims", [4, 5], ids=["image", "volume"])
 @pytest.mark.parametrize("width, column", [(2**24, 2**24 - 1), (2**24 + 3, 2**24 + 2), (2**25 + 1, 2**25),
